@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# jhssl setup: system packages, Python packages, and an offline-ready Jittor.
+# Idempotent: a second run checks everything and changes nothing.
+#   bash run/setup.sh              # everything the trainer needs
+#   JHSSL_WITH_TORCH=1 bash run/setup.sh   # plus torch 2.13 CPU (export checks, parity tests, benchmarks)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else SUDO="__none__"; fi
+fi
+
+# 1. Debian packages: OpenMPI for `mpirun` training, Fashion-MNIST for the demo and tests.
+APT_PKGS="openmpi-bin libopenmpi-dev dataset-fashion-mnist"
+missing=""
+for p in $APT_PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  if [ "$SUDO" = "__none__" ]; then
+    echo "setup: missing Debian packages:$missing (run as root or install sudo)" >&2; exit 1
+  fi
+  echo "setup: installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+else
+  echo "setup: Debian packages present ($APT_PKGS)"
+fi
+
+# 2. Python packages. jittor-offline ships the oneDNN/cub/cutt/NCCL archives Jittor would otherwise download.
+if $PY -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "Running pip as the 'root' user" ; then :; fi
+if [ "${JHSSL_WITH_TORCH:-0}" = "1" ]; then
+  # torch is optional (export to .pth, parity tests, benchmarks); 2.13.0 is a local CPU wheel here.
+  $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
+# 3. Compile Jittor's core once (about 3 minutes the first time, cached in ~/.cache/jittor) and check
+#    that oneDNN and MPI are really on. jhssl.bootstrap sets the env (no GPU -> nvcc_path="").
+$PY - <<'PYEOF'
+import time
+import jhssl  # noqa: F401  bootstrap first
+import jittor as jt
+from jittor import compile_extern as ce
+
+if ce.mkl_ops is None:
+    raise SystemExit("setup: Jittor's oneDNN ops are OFF (is jittor-offline installed?); conv would be ~100x slower")
+a = jt.randn(1024, 1024); b = jt.randn(1024, 1024)
+jt.sync_all(True)
+c = ce.mkl_ops.mkl_matmul(a, b, False, False); c.sync()
+t = time.time(); n = 5
+for _ in range(n):
+    c = ce.mkl_ops.mkl_matmul(a, b, False, False); c.sync()
+gflops = 2 * 1024 ** 3 * n / (time.time() - t) / 1e9
+ref = (a.numpy() @ b.numpy())
+err = abs(c.numpy() - ref).max()
+print(f"setup: jittor {jt.__version__}, cuda={'on' if jt.has_cuda else 'off'}, "
+      f"oneDNN=on ({gflops:.0f} GFLOP/s on a 1024^2 GEMM, max err {err:.1e}), "
+      f"mpi={'on' if ce.mpi is not None or ce.inside_mpi() else 'off'}")
+PYEOF
+echo "setup: done"
