@@ -1,0 +1,87 @@
+"""Resampling of absolute position embeddings to another patch grid."""
+import math
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import numpy as np
+
+import jhssl  # noqa: F401
+import jittor as jt
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys' cubic convolution weights for the 4 taps at offsets -1, 0, 1, 2 (A = -0.75, as PyTorch)."""
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@lru_cache(maxsize=64)
+def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """(out_size, in_size) matrix M with M @ v == 1-D bicubic resize of v.
+
+    Same sampling as ``torch.nn.functional.interpolate(mode='bicubic',
+    align_corners=False)`` with an explicit output size: source coordinate
+    ``(i + 0.5) * in / out - 0.5``, taps clamped at the border.
+    """
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    if in_size == out_size:
+        np.fill_diagonal(m, 1.0)
+        return m
+    src = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+    base = np.floor(src).astype(np.int64)
+    w = _cubic_weights(src - base)
+    for tap in range(4):
+        idx = np.clip(base - 1 + tap, 0, in_size - 1)
+        np.add.at(m, (np.arange(out_size), idx), w[:, tap])
+    return m
+
+
+@lru_cache(maxsize=64)
+def _grid_matrix(old_size: Tuple[int, int], new_size: Tuple[int, int]) -> np.ndarray:
+    # Bicubic resize is separable: the 2-D resize of a row-major grid is kron(Mh, Mw).
+    return np.kron(bicubic_matrix(old_size[0], new_size[0]),
+                   bicubic_matrix(old_size[1], new_size[1])).astype(np.float32)
+
+
+_MATRIX_VARS = {}
+
+
+def _grid_matrix_var(old_size, new_size) -> jt.Var:
+    # A constant per size pair: build the Var once instead of uploading it every step.
+    key = (old_size, new_size)
+    if key not in _MATRIX_VARS:
+        _MATRIX_VARS[key] = jt.array(_grid_matrix(old_size, new_size)).stop_grad()
+    return _MATRIX_VARS[key]
+
+
+def resample_abs_pos_embed(posemb: jt.Var, new_size: Tuple[int, int], old_size: Optional[Tuple[int, int]] = None,
+                           num_prefix_tokens: int = 1) -> jt.Var:
+    """Bicubic resample of (1, prefix + gh*gw, C) position embeddings to a new patch grid.
+
+    As DINO does: the prefix (CLS) embeddings are kept, only the patch-grid
+    part is interpolated. The interpolation is one GEMM with a cached
+    (new_h*new_w, gh*gw) weight matrix, so it is cheap and differentiable.
+    ``old_size`` defaults to a square grid.
+    """
+    new_size = (int(new_size[0]), int(new_size[1]))
+    n_grid = posemb.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = int(math.isqrt(n_grid))
+        if side * side != n_grid:
+            raise ValueError(f"cannot infer a square grid from {n_grid} position embeddings; pass old_size")
+        old_size = (side, side)
+    old_size = (int(old_size[0]), int(old_size[1]))
+    if old_size[0] * old_size[1] != n_grid:
+        raise ValueError(f"old_size {old_size} does not match {n_grid} grid position embeddings")
+    if new_size == old_size:
+        return posemb
+    prefix = posemb[:, :num_prefix_tokens] if num_prefix_tokens else None
+    grid = posemb[0, num_prefix_tokens:]  # (gh*gw, C)
+    weight = _grid_matrix_var(old_size, new_size)
+    grid = jt.matmul(weight, grid).unsqueeze(0)
+    return grid if prefix is None else jt.concat([prefix, grid], dim=1)

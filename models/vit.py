@@ -1,0 +1,185 @@
+"""Vision Transformer (ViT) base models: timm's key layout, DINO/iBOT behaviour.
+
+* Keys, shapes and parameter counts equal timm's ``vit_*`` with ``num_classes=0``
+  (``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.*``, ``norm``).
+* Any input size the patch size divides: the patch-grid part of ``pos_embed``
+  is resampled bicubically to the input's grid, the CLS part is kept (DINO).
+* iBOT masking: with ``use_mask_token=True`` a learnable ``mask_token`` (1, 1, C)
+  replaces masked patch embeddings before the position embedding is added.
+"""
+from typing import Optional
+
+import jhssl  # noqa: F401  (Jittor's env must be set before jittor loads)
+import jittor as jt
+from jittor import nn
+
+from .layers import DropPath, Mlp, PatchEmbed, apply_mask_token, init_linear_and_norm, resample_abs_pos_embed, \
+    trunc_normal_
+from .layers.attention import scaled_dot_product_attention
+from .registry import register_model
+
+LN_EPS = 1e-6  # timm's ViT uses LayerNorm(eps=1e-6)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on (B, N, C); the attention math is the shared SDPA entry point."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def execute(self, x: jt.Var, attn_bias: Optional[jt.Var] = None) -> jt.Var:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        out = scaled_dot_product_attention(q, k, v, attn_bias=attn_bias, scale=self.scale)
+        return self.proj(out.permute(0, 2, 1, 3).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + DP(attn(norm1(x))), then x + DP(mlp(norm2(x)))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, norm_eps: float = LN_EPS):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=nn.GELU)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+
+    def _dp(self, x):
+        return x if self.drop_path is None else self.drop_path(x)
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        x = x + self._dp(self.attn(self.norm1(x)))
+        return x + self._dp(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone without classifier (timm ``num_classes=0``)."""
+
+    def __init__(self, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                 qkv_bias=True, drop_path_rate=0.0, use_mask_token=False, in_chans=3, num_classes=0):
+        super().__init__()
+        if num_classes:
+            raise ValueError("jhssl base models carry no classifier: num_classes must be 0")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        ph, pw = self.patch_embed.patch_size
+        self.patch_size = ph if ph == pw else (ph, pw)  # an int for square patches, as DINO's models expose
+        self.cls_token = jt.zeros((1, 1, embed_dim))
+        self.pos_embed = jt.zeros((1, self.patch_embed.num_patches + 1, embed_dim))
+        if use_mask_token:
+            self.mask_token = jt.zeros((1, 1, embed_dim))  # iBOT initialises it to zeros
+        self.use_mask_token = use_mask_token
+        # Stochastic depth decays linearly from 0 to drop_path_rate over the blocks.
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=rates[i]) for i in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        init_linear_and_norm(self.blocks, std=0.02)
+        init_linear_and_norm(self.norm)
+
+    def no_weight_decay(self):
+        return {"pos_embed", "cls_token", "mask_token"}
+
+    def _pos_embed(self, grid):
+        return resample_abs_pos_embed(self.pos_embed, grid, old_size=self.patch_embed.grid_size,
+                                      num_prefix_tokens=self.num_prefix_tokens)
+
+    def forward_features(self, x: jt.Var, mask=None) -> dict:
+        if mask is not None and not self.use_mask_token:
+            raise ValueError("a mask was given but the model was built without use_mask_token=True")
+        tokens, (h, w) = self.patch_embed(x)
+        B, C = tokens.shape[0], self.embed_dim
+        if mask is not None:
+            tokens = apply_mask_token(tokens, mask, self.mask_token)
+        tokens = tokens.reshape(B, h * w, C)
+        x = jt.concat([self.cls_token.broadcast((B, 1, C)), tokens], dim=1)
+        x = x + self._pos_embed((h, w))
+        for blk in self.blocks:
+            x = blk(x)
+        normed = self.norm(x)
+        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+
+    def execute(self, x: jt.Var, mask=None) -> jt.Var:
+        return self.forward_features(x, mask=mask)["cls"]
+
+
+VIT_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+
+def _vit(size: str, patch_size: int, kwargs: dict) -> VisionTransformer:
+    cfg = dict(VIT_SIZES[size], patch_size=patch_size)
+    cfg.update(kwargs)
+    return VisionTransformer(**cfg)
+
+
+# DINO-style names: the patch size is an argument.
+@register_model
+def vit_tiny(patch_size=16, **kwargs):
+    return _vit("tiny", patch_size, kwargs)
+
+
+@register_model
+def vit_small(patch_size=16, **kwargs):
+    return _vit("small", patch_size, kwargs)
+
+
+@register_model
+def vit_base(patch_size=16, **kwargs):
+    return _vit("base", patch_size, kwargs)
+
+
+@register_model
+def vit_large(patch_size=16, **kwargs):
+    return _vit("large", patch_size, kwargs)
+
+
+# timm names: the patch size is part of the name.
+@register_model
+def vit_tiny_patch16_224(**kwargs):
+    return _vit("tiny", 16, kwargs)
+
+
+@register_model
+def vit_small_patch16_224(**kwargs):
+    return _vit("small", 16, kwargs)
+
+
+@register_model
+def vit_small_patch8_224(**kwargs):
+    return _vit("small", 8, kwargs)
+
+
+@register_model
+def vit_base_patch16_224(**kwargs):
+    return _vit("base", 16, kwargs)
+
+
+@register_model
+def vit_base_patch8_224(**kwargs):
+    return _vit("base", 8, kwargs)
+
+
+@register_model
+def vit_large_patch16_224(**kwargs):
+    return _vit("large", 16, kwargs)
