@@ -1,0 +1,299 @@
+"""Jittor datasets for pretraining and evaluation, the epoch-seeded sampler, and builders.
+
+How Jittor's ``Dataset`` behaves (jittor/dataset/dataset.py, 1.3.11), and what follows from it:
+
+* ``batch_size`` is GLOBAL under MPI. Each epoch the index list (from ``sampler`` if set) is
+  cut into global batches and rank r takes the r-th contiguous slice of every batch. Ranks do
+  not broadcast the list: they must compute the *same* list, else samples are duplicated or
+  lost. :class:`EpochSampler` therefore draws the permutation from (seed, epoch) only, never
+  from per-rank state (``jt.set_global_seed`` offsets seeds by rank). With ``drop_last`` every
+  rank gets the same number of batches; the last partial batch, if kept, is split unevenly and
+  its slices may overlap, so pretraining uses ``drop_last=True``.
+* With ``num_workers > 0`` the worker processes are forked once, at the first ``iter()``, and
+  live on across epochs; attributes changed later in the main process are not seen by them.
+  Worse, Jittor starts loading the *next* epoch as soon as the workers have claimed every batch
+  of the current one (the "in-loop reset" in ``Dataset.__iter__``): the next epoch's index list
+  is drawn, and its samples are built, before the trainer calls ``set_epoch``. A plain
+  ``set_epoch`` flag would therefore be stale for prefetched batches.
+  :class:`PretrainDataset` handles this by numbering the index lists it hands to Jittor: each
+  list that feeds workers is drawn for the next epoch in sequence, and every index in it
+  carries a slot that maps (through shared memory) to that epoch, so a sample always knows its
+  own epoch. ``set_epoch`` with an epoch other than the one already prefetched, a mid-epoch
+  resume (``start_batch``) or an iteration abandoned half-way restart the workers.
+* Random augmentation does not use the worker's global RNG: each sample's generator is seeded
+  from (seed, epoch, index), so results do not depend on worker count, rank or resume point.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+
+import jhssl  # noqa: F401  (sets Jittor's environment first)
+import jittor as jt
+from jittor.dataset import Dataset
+from jittor.dataset.sampler import Sampler
+
+from .masking import MaskGenerator
+from .sources import FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, select_subset
+from .transforms import EvalTransform, MultiCropAugmentation
+
+__all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
+           "build_eval_datasets", "collate_pretrain"]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of ``epoch``: a function of (seed, epoch) only, identical on every rank."""
+    return np.random.default_rng([int(seed), int(epoch), 0xE90C]).permutation(n)
+
+
+class EpochSampler(Sampler):
+    """Hands Jittor the index list the dataset prepared (see :meth:`PretrainDataset._get_index_list`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        dataset.sampler = self  # Jittor reads the index list from dataset.sampler
+        self.prepared = None
+
+    def __iter__(self):
+        return iter(self.prepared.tolist())
+
+    def __len__(self):
+        return len(self.prepared) if self.prepared is not None else self.dataset.num_samples
+
+
+def collate_pretrain(batch):
+    """[(crops, masks, label), ...] -> (list of (B,3,h,w) float32, list of (B,H,W) bool, (B,) int32)."""
+    crops = [np.stack([b[0][v] for b in batch]) for v in range(len(batch[0][0]))]
+    masks = [np.stack([b[1][v] for b in batch]) for v in range(len(batch[0][1]))]
+    labels = np.asarray([b[2] for b in batch], dtype=np.int32)
+    return crops, masks, labels
+
+
+class PretrainDataset(Dataset):
+    """Items: (list of crops as float32 CHW arrays, list of bool (H, W) masks for the global
+    crops, label). ``mask_generator=None`` (DINO) gives an empty mask list.
+
+    Call ``set_epoch(e)`` before iterating epoch ``e`` (without it, each full iteration moves to
+    the next epoch). Direct indexing ``ds[i]`` uses the current epoch; indices the loader passes
+    encode the epoch they were drawn for.
+    """
+
+    _SLOTS = 64  # epochs that may be in flight at once (prefetched ahead of the trainer)
+
+    def __init__(self, base, transform: MultiCropAugmentation, mask_generator: MaskGenerator | None = None,
+                 seed: int = 0, on_bad_image: str = "skip"):
+        super().__init__()
+        self.loader = base if isinstance(base, SafeLoader) else SafeLoader(base, on_bad_image)
+        self.transform = transform
+        self.mask_generator = mask_generator
+        self.seed = int(seed)
+        self.num_samples = len(self.loader.source)
+        n = max(self.num_samples, 1)
+        # encoded index = (slot + 1) * n + i; slot S (the last) marks skipped resume positions
+        self._slots = max(2, min(self._SLOTS, (2 ** 31 - 1) // n - 3))
+        self._slot_epoch = mp.Array("i", self._slots, lock=False)  # shared with forked workers
+        self._epoch = 0             # epoch of the next iteration (set_epoch)
+        self._next_gen_epoch = 0    # epoch the next worker-feeding index list is drawn for
+        self._generated = []        # epochs of the lists drawn so far (main process)
+        self._consumed = 0          # how many of them were iterated
+        self._skip = 0              # global batches to skip in the next iteration
+        self._iter_start = False
+        self._dirty = False
+        self.set_attrs(total_len=self.num_samples)
+        self._sampler = EpochSampler(self)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def num_skipped(self) -> int:
+        """Unreadable images skipped so far (this rank)."""
+        return self.loader.num_skipped
+
+    def _restart_workers(self):
+        if hasattr(self, "workers"):
+            self.reset()
+        del self._generated[self._consumed:]
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Call before iterating epoch ``epoch``; ``start_batch`` skips that many global batches."""
+        epoch, start_batch = int(epoch), int(start_batch)
+        prefetched = self._generated[self._consumed:]
+        # batches already drawn for another epoch are stale; a resume needs the placeholders,
+        # which only a freshly started loader puts in its first list
+        if (prefetched and prefetched[0] != epoch) or (start_batch > 0 and hasattr(self, "workers")):
+            self._restart_workers()
+        if not self._generated[self._consumed:]:
+            self._next_gen_epoch = epoch
+        self._epoch = epoch
+        self._skip = start_batch
+
+    def _get_index_list(self):
+        # Jittor calls this at the start of every __iter__ and, with workers, again whenever it
+        # starts loading the next epoch. Only lists that reach workers (or the single-process
+        # loop) advance the epoch sequence; the start call with live workers only sets lengths.
+        start, self._iter_start = self._iter_start, False
+        feeds = not (start and self.num_workers and hasattr(self, "workers"))
+        n = self.num_samples
+        if feeds:
+            if len(self._generated) - self._consumed >= self._slots - 2:
+                raise RuntimeError(f"the loader's workers ran {self._slots - 2} epochs ahead of the trainer; "
+                                   f"lower buffer_size or use fewer workers")
+            epoch = self._next_gen_epoch
+            self._next_gen_epoch += 1
+            self._generated.append(epoch)
+            slot = epoch % (self._slots - 1)
+            self._slot_epoch[slot] = epoch
+            order = epoch_permutation(n, self.seed, epoch)
+            enc = (slot + 1) * n + order
+            if start and self._skip:
+                k = min(self._skip * self.batch_size, n)
+                enc[:k] = self._slots * n + order[:k]  # placeholders, dropped by __iter__
+        else:
+            enc = np.arange(n) + n  # only its length is used
+        self._sampler.prepared = enc.astype(np.int64)
+        return super()._get_index_list()
+
+    def __iter__(self):
+        if self._dirty:
+            self._restart_workers()
+            self._dirty = False
+        skip, self._skip = self._skip, 0
+        self._iter_start = True
+        done = False
+        try:
+            for i, batch in enumerate(super().__iter__()):
+                if i < skip:
+                    continue
+                yield batch
+            done = True
+        finally:
+            self._consumed += 1
+            self._epoch += 1
+            if not self._generated[self._consumed:]:
+                self._next_gen_epoch = self._epoch
+            if not done:  # abandoned mid-epoch: batches left in the workers' buffers are stale
+                self._dirty = True
+
+    def decode(self, index: int):
+        """(epoch or None for a placeholder, sample index) of a loader index."""
+        n = max(self.num_samples, 1)
+        index = int(index)
+        if index < n:
+            return self._epoch, index
+        slot, i = divmod(index, n)
+        if slot - 1 >= self._slots - 1:
+            return None, i
+        return int(self._slot_epoch[slot - 1]), i
+
+    def __getitem__(self, index):
+        epoch, index = self.decode(index)
+        if epoch is None:  # a skipped resume position: a tiny placeholder, never yielded
+            nm = self.transform.n_global if self.mask_generator is not None else 0
+            return ([np.zeros((1,), np.float32)] * self.transform.num_crops, [np.zeros((1,), bool)] * nm, -1)
+        img, label, _ = self.loader.load(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        crops = self.transform(img, rng)
+        masks = []
+        if self.mask_generator is not None:
+            masks = [self.mask_generator(c.shape[-1], rng, epoch) for c in crops[:self.transform.n_global]]
+        return crops, masks, label
+
+    def collate_batch(self, batch):
+        return collate_pretrain(batch)
+
+
+class EvalDataset(Dataset):
+    """Items: (float32 CHW image, label, index); ``index`` lets features be gathered over ranks."""
+
+    def __init__(self, base, transform: EvalTransform, on_bad_image: str = "skip"):
+        super().__init__()
+        self.loader = base if isinstance(base, SafeLoader) else SafeLoader(base, on_bad_image)
+        self.transform = transform
+        self.set_attrs(total_len=len(self.loader.source))
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.loader.source.labels
+
+    def __getitem__(self, index):
+        img, label, _ = self.loader.load(int(index))
+        return self.transform(img), label, int(index)
+
+    def collate_batch(self, batch):
+        return (np.stack([b[0] for b in batch]), np.asarray([b[1] for b in batch], np.int32),
+                np.asarray([b[2] for b in batch], np.int32))
+
+
+# ----------------------------------------------------------------------------- builders
+def build_source(dataset: str, path: str | None, split: str = "train", subset: float = 1.0, seed: int = 0):
+    """An image source (see ``sources.py``) with an optional per-class ``subset`` fraction."""
+    if dataset == "fashion_mnist":
+        src = FashionMNISTSource(path, split)
+    elif dataset == "folder":
+        if not path:
+            raise FileNotFoundError("data.path is not set: for data.dataset=folder give a folder laid "
+                                    "out as root/<class>/<image> (ImageNet layout)")
+        src = ImageFolderSource(path)
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; allowed: folder, fashion_mnist")
+    if subset < 1.0:
+        src = SubsetSource(src, select_subset(src.labels, subset, seed))
+    return src
+
+
+def build_pretrain_dataset(cfg) -> PretrainDataset:
+    """The multi-crop (+ masks for iBOT) dataset with loader attributes set from ``cfg``:
+    global ``batch_size``, ``num_workers``, ``drop_last=True`` and an :class:`EpochSampler`."""
+    d = cfg.data
+    src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed)
+    transform = MultiCropAugmentation.from_config(d)
+    masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size) if cfg.method == "ibot" else None
+    ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
+    if len(src) < cfg.batch_size:
+        raise ValueError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
+                         f"than batch_size={cfg.batch_size}: no full batch can be formed")
+    # Jittor's workers prefetch until their ring buffer (default 512 MB each) is full: size it
+    # to hold about two batches of this rank, which bounds wasted look-ahead work on small CPUs
+    # and still fits large ImageNet batches (one such batch may exceed the 512 MB default).
+    per_rank = -(-cfg.batch_size // (jt.world_size if jt.in_mpi else 1))
+    sample_bytes = 4 * 3 * (2 * d.global_crop_size ** 2 + d.local_crops_number * d.local_crop_size ** 2) \
+        + 2 * (d.global_crop_size // cfg.model.patch_size) ** 2 + 64
+    buffer_size = max(32 << 20, int(2.2 * per_rank * sample_bytes) + (16 << 20))
+    ds.set_attrs(batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True, buffer_size=buffer_size)
+    return ds
+
+
+def _eval_paths(cfg):
+    d, e = cfg.data, cfg.eval
+    if d.dataset == "fashion_mnist":
+        root_train = e.train_path or d.path
+        root_val = e.val_path or d.path
+        return (root_train, "train"), (root_val, "test")
+    if not (e.train_path or d.path):
+        raise FileNotFoundError("eval.train_path and data.path are both unset: k-NN needs a labelled "
+                                "train folder (root/<class>/<image>)")
+    if not e.val_path:
+        raise FileNotFoundError("eval.val_path is not set: for data.dataset=folder k-NN needs a labelled "
+                                "validation folder (root/<class>/<image>), e.g. imagenet/val")
+    return (e.train_path or d.path, "train"), (e.val_path, "test")
+
+
+def build_eval_datasets(cfg):
+    """(train_ds, val_ds) for k-NN: resize + centre crop + normalize, with labels, in order."""
+    d, e = cfg.data, cfg.eval
+    size = e.img_size or d.global_crop_size
+    tf = EvalTransform(size, e.resize_size, d.mean, d.std)
+    (tp, ts), (vp, vs) = _eval_paths(cfg)
+    train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed)
+    val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed)
+    if d.dataset == "folder" and list(train_src.classes) != list(val_src.classes):
+        raise ValueError(f"k-NN train folder {tp!r} and val folder {vp!r} have different class folders")
+    out = []
+    for src in (train_src, val_src):
+        ds = EvalDataset(src, tf, d.on_bad_image)
+        ds.set_attrs(batch_size=e.batch_size, num_workers=cfg.num_workers, shuffle=False, drop_last=False)
+        out.append(ds)
+    return tuple(out)

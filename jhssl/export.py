@@ -1,0 +1,184 @@
+"""Export the base model of a pretraining checkpoint for downstream use in PyTorch (timm, DINO, mmseg).
+
+Only the base model is written: the auxiliary heads (``aux_head.*``), the projection heads
+(``proj_*`` / ``head*``) and the iBOT mask token are dropped, so the result is exactly timm's model
+of the same name with ``num_classes=0``.
+
+Formats (``fmt``):
+
+* ``timm``: ``{key: tensor}`` with timm's keys; ``timm.create_model(name, num_classes=0)
+  .load_state_dict(sd)`` is strict-clean;
+* ``dino``: ``{'teacher': {'backbone.' + key: tensor}}``, the layout of DINO/iBOT full checkpoints
+  (their ``--pretrained_weights ... --checkpoint_key teacher`` loaders strip ``backbone.``);
+* ``mmseg``: ``{'state_dict': {'backbone.' + key: tensor}}``.
+
+Files: ``.pth`` is written with ``torch.save`` (needs torch); safetensors needs nothing and holds
+no code (nested formats are flattened with '.', e.g. ``teacher.backbone.cls_token``). Every file is
+written atomically. Reading a pickled checkpoint can run code: export only checkpoints you trust.
+"""
+import os
+import re
+from collections import OrderedDict
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from . import convert, weights_io
+
+FORMATS = ("timm", "dino", "mmseg")
+
+
+def infer_arch(obj: Any) -> Tuple[Optional[str], Dict[str, Any]]:
+    """(registry name, model kwargs) recorded in a checkpoint: our trainer's ``config.model`` or the
+    authors' ``args`` (argparse.Namespace)."""
+    if not isinstance(obj, Mapping):
+        return None, {}
+    cfg = obj.get("config")
+    if isinstance(cfg, Mapping) and isinstance(cfg.get("model"), Mapping):
+        m = cfg["model"]
+        kwargs = {k: m[k] for k in ("patch_size", "img_size") if m.get(k) is not None}
+        # As the trainer builds it: a null model.img_size means data.global_crop_size.
+        data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+        if "img_size" not in kwargs and data.get("global_crop_size"):
+            kwargs["img_size"] = data["global_crop_size"]
+        return m.get("arch"), kwargs
+    args = obj.get("args")
+    if args is not None and hasattr(args, "arch"):
+        arch = str(getattr(args, "arch")).replace("deit", "vit")
+        kwargs = {"patch_size": args.patch_size} if getattr(args, "patch_size", None) else {}
+        return arch, kwargs
+    return None, {}
+
+
+def extract_base(obj: Any, which: str = "teacher",
+                 report: Optional[convert.ConversionReport] = None) -> Dict[str, np.ndarray]:
+    """The base model's ``{timm key: array}`` from a training checkpoint (ours or the authors'),
+    a DINO/iBOT release, or a plain state dict."""
+    report = report if report is not None else convert.ConversionReport()
+    obj = weights_io.to_numpy_tree(obj)
+    if isinstance(obj, Mapping) and which in obj and isinstance(obj[which], Mapping):
+        sd = convert.unwrap(obj, which, report)
+    elif isinstance(obj, Mapping) and any(w in obj for w in ("teacher", "student")):
+        raise KeyError(f"checkpoint has no '{which}' state dict; it has: "
+                       + ", ".join(k for k in ("teacher", "student") if k in obj))
+    else:
+        sd = convert.unwrap(obj, None, report)
+    if convert.is_authors_format(sd):
+        sd = convert.authors_to_ours(sd, report)
+    sd = OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in sd.items())
+    has_backbone = any(k.startswith("backbone.") for k in sd)
+    out: Dict[str, np.ndarray] = OrderedDict()
+    for k, v in sd.items():
+        if has_backbone and not k.startswith("backbone."):
+            report.dropped[k] = "auxiliary head" if k.startswith("aux_head.") else "projection head"
+            continue
+        key = k[len("backbone."):] if has_backbone else k
+        if key in ("mask_token", "masked_embed"):
+            report.dropped[k] = "mask token"
+            continue
+        if not has_backbone and any(re.fullmatch(p, key) for p in convert.HEAD_PATTERNS):
+            report.dropped[k] = "head"
+            continue
+        out[key] = v
+    if not out:
+        raise ValueError("no base-model weights found in the checkpoint")
+    return out
+
+
+def check_timm_keys(sd: Mapping[str, np.ndarray], timm_name: str, any_pos_embed_len: bool = False) -> None:
+    """Raise unless ``sd`` has exactly the keys and shapes of timm's ``timm_name`` (num_classes=0).
+
+    ``any_pos_embed_len``: accept a ``pos_embed`` for another input size (same width), for models
+    trained at another resolution (timm builds them with ``img_size=...``)."""
+    ref = convert.timm_reference(timm_name)
+    if ref is None:
+        raise FileNotFoundError(f"no timm reference key list for '{timm_name}'")
+    missing = [k for k in ref if k not in sd]
+    unexpected = [k for k in sd if k not in ref]
+    if missing or unexpected:
+        raise convert.StrictLoadError(
+            f"export does not match timm '{timm_name}': missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    for k, shape in ref.items():
+        if any_pos_embed_len and k.endswith("pos_embed") and sd[k].shape[::2] == tuple(shape)[::2]:
+            continue
+        if tuple(sd[k].shape) != tuple(shape):
+            raise convert.ArchMismatchError(f"export does not match timm '{timm_name}': first mismatching key "
+                                            f"'{k}': exported shape {list(sd[k].shape)}, timm shape {list(shape)}")
+
+
+def format_state_dict(sd: Mapping[str, np.ndarray], fmt: str) -> Dict[str, Any]:
+    if fmt == "timm":
+        return OrderedDict(sd)
+    prefixed = OrderedDict(("backbone." + k, v) for k, v in sd.items())
+    if fmt == "dino":
+        return {"teacher": prefixed}
+    if fmt == "mmseg":
+        return {"state_dict": prefixed}
+    raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def resolve_output(out: str, safetensors: bool) -> str:
+    """With ``--safetensors`` the file is safetensors: a ``.pth``/``.pt`` name gets the right suffix."""
+    if safetensors and not out.lower().endswith(".safetensors"):
+        root, ext = os.path.splitext(out)
+        return (root if ext.lower() in (".pth", ".pt", ".bin", ".pkl") else out) + ".safetensors"
+    return out
+
+
+def export_checkpoint(checkpoint: str, out: str, which: str = "teacher", fmt: str = "timm",
+                      safetensors: bool = False, arch: Optional[str] = None, img_size: Optional[int] = None,
+                      trusted: bool = False) -> Dict[str, Any]:
+    """Export the base model of ``checkpoint`` to ``out``; returns a summary dict.
+
+    ``arch`` (registry or timm name) overrides the one recorded in the checkpoint; when timm has a
+    reference key list for it, the export is checked against it (keys and shapes) before writing.
+    ``img_size`` resamples a ViT ``pos_embed`` to that input size (bicubic), e.g. 224 for a model
+    trained at another resolution.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if which not in ("teacher", "student"):
+        raise ValueError(f"--which must be 'teacher' or 'student', got '{which}'")
+    out = resolve_output(out, safetensors)
+    kind = convert.output_kind(out)
+    if kind == "torch" and not weights_io.torch_available():
+        raise weights_io.TorchMissingError(
+            f"writing '{out}' as a PyTorch .pth file needs torch, which is not installed; "
+            "pass --safetensors to write a .safetensors file instead (no torch needed; load it in "
+            "PyTorch with safetensors.torch.load_file)")
+    if kind == "jittor":
+        raise ValueError(f"export writes PyTorch files: use a .pth or .safetensors output path, not '{out}'")
+    obj = weights_io.load_checkpoint(checkpoint, trusted=trusted)
+    report = convert.ConversionReport()
+    sd = extract_base(obj, which, report)
+    rec_arch, kwargs = infer_arch(obj)
+    arch = arch or rec_arch
+    if img_size is not None and "pos_embed" in sd:
+        patch = sd["patch_embed.proj.weight"].shape[-1]
+        n = (img_size // patch) ** 2 + (1 if "cls_token" in sd else 0)
+        if sd["pos_embed"].shape[1] != n:
+            old = sd["pos_embed"].shape
+            sd["pos_embed"] = convert.resize_pos_embed(sd["pos_embed"], n, 1 if "cls_token" in sd else 0)
+            report.resized["pos_embed"] = (tuple(old), tuple(sd["pos_embed"].shape))
+        kwargs["img_size"] = img_size
+    timm_name = convert.timm_reference_name(arch, kwargs.get("patch_size"), kwargs.get("img_size")) if arch else None
+    checked = False
+    note = ""
+    if timm_name and convert.timm_reference(timm_name) is not None:
+        check_timm_keys(sd, timm_name)
+        checked = True
+    elif arch:
+        # Trained at another resolution: timm's 224-px model has the same tensors except pos_embed's length.
+        name224 = convert.timm_reference_name(arch, kwargs.get("patch_size"), 224)
+        if convert.timm_reference(name224) is not None:
+            check_timm_keys(sd, name224, any_pos_embed_len=True)
+            checked, timm_name = True, name224
+            if "pos_embed" in sd:
+                note = (f"pos_embed is for {kwargs.get('img_size')} px input: build the timm model with "
+                        f"img_size={kwargs.get('img_size')}, or export with --img-size 224")
+    tree = format_state_dict(sd, fmt)
+    convert.write_weights(tree, out, metadata={"format": fmt, "arch": str(arch), "which": which,
+                                               "source": os.path.basename(checkpoint)})
+    return {"out": out, "kind": kind, "format": fmt, "arch": arch, "timm_name": timm_name,
+            "checked_against_timm": checked, "tensors": len(sd), "report": report, "note": note}

@@ -1,0 +1,102 @@
+"""Weighted k-NN evaluation (DINO protocol) of a jhssl pretraining checkpoint.
+
+    python run/eval_knn.py --checkpoint output/demo/checkpoint_00001234.pkl
+    python run/eval_knn.py --checkpoint ckpt.pkl --data /imagenet --features head --k 10 20 100 200
+
+By default the data of the checkpoint's config are used (Fashion-MNIST: train vs test split;
+folder: eval.train_path / eval.val_path). ``--data ROOT`` points elsewhere: for Fashion-MNIST the
+IDX directory, for an image folder a root holding ``train/`` and ``val/`` (ImageNet layout).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jhssl  # noqa: E402,F401  (sets Jittor's environment before jittor loads)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by run/train.py")
+    p.add_argument("--data", default=None, help="dataset root (see above); default: the checkpoint's config")
+    p.add_argument("--train-data", default=None, help="labelled train folder (image folders only)")
+    p.add_argument("--val-data", default=None, help="labelled validation folder (image folders only)")
+    p.add_argument("--which", choices=("teacher", "student"), default=None, help="default: eval.which (teacher)")
+    p.add_argument("--features", choices=("base", "head"), default=None,
+                   help="base: the base model's CLS feature; head: the auxiliary head's (default: eval.features)")
+    p.add_argument("--k", type=int, nargs="+", default=None, help="neighbours (default: eval.knn_k, i.e. 20)")
+    p.add_argument("--temperature", type=float, default=None, help="default: eval.knn_t (0.07)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--train-subset", type=float, default=None, help="fraction of the train set (per class)")
+    p.add_argument("--val-subset", type=float, default=None)
+    p.add_argument("--output", default=None, help="also write the results as JSON here")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value applied to the checkpoint's config")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from jhssl.config import ConfigError
+    from jhssl.knn import evaluate_knn, feature_fn, format_knn, load_eval_network
+
+    over = list(args.overrides)
+    if args.batch_size:
+        over.append(f"eval.batch_size={args.batch_size}")
+    if args.num_workers is not None:
+        over.append(f"num_workers={args.num_workers}")
+    if args.train_subset is not None:
+        over.append(f"eval.train_subset={args.train_subset}")
+    if args.val_subset is not None:
+        over.append(f"eval.val_subset={args.val_subset}")
+    if args.train_data:
+        over.append(f"eval.train_path={args.train_data}")
+    if args.val_data:
+        over.append(f"eval.val_path={args.val_data}")
+    try:
+        import jittor as jt
+        if not os.path.isfile(args.checkpoint):
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        ckpt = jt.load(args.checkpoint)
+        cfg_dict = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
+        if args.data:
+            if not os.path.isdir(args.data):
+                raise FileNotFoundError(f"--data {args.data!r} is not a directory")
+            dataset = (cfg_dict.get("data") or {}).get("dataset", "folder")
+            over.append(f"data.path={args.data}")
+            if dataset == "folder":
+                for split, key in (("train", "train_path"), ("val", "val_path")):
+                    sub = os.path.join(args.data, split)
+                    if not os.path.isdir(sub) and not getattr(args, f"{split}_data"):
+                        raise FileNotFoundError(f"--data {args.data!r}: expected sub-folders train/ and val/ "
+                                                f"(each root/<class>/<image>); {sub!r} is missing")
+                    if not getattr(args, f"{split}_data"):
+                        over.append(f"eval.{key}={sub}")
+            else:
+                over += ["eval.train_path=null", "eval.val_path=null"]
+        from jhssl.config import apply_overrides, config_from_dict
+        pre = config_from_dict(apply_overrides(cfg_dict, over), strict=False)
+        which = args.which or pre.eval.which
+        features = args.features or pre.eval.features
+        net, cfg = load_eval_network(ckpt, which, over)
+        fn = feature_fn(net, features)
+        ks = args.k or list(cfg.eval.knn_k)
+        T = args.temperature if args.temperature is not None else cfg.eval.knn_t
+        res = evaluate_knn(cfg, fn, ks=ks, T=T, progress=True)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+        print(f"eval_knn: error: {e}", file=sys.stderr)
+        return 2
+    print(format_knn(res, T, f"{which} {features}"))
+    if args.output:
+        tmp = args.output + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"checkpoint": args.checkpoint, "which": which, "features": features,
+                       "T": T, "results": {str(k): v for k, v in res.items()}}, f, indent=1)
+        os.replace(tmp, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

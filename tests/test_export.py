@@ -1,0 +1,210 @@
+"""run/export.py / jhssl.export: base-only export of training checkpoints to timm, DINO and mmseg layouts.
+
+The round trip (Jittor ViT/Swin -> export -> independent torch model -> same features) uses tiny
+models; the timm key check builds a real ViT-S/16 and Swin-T (cheap: built, never run).
+"""
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import jhssl  # noqa: F401  (sets Jittor's environment first)
+from jhssl import convert, export, safetensors_io, weights_io
+
+torch = pytest.importorskip("torch", reason="torch is needed for the PyTorch round-trip tests (CI installs it)")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_reference as tref  # noqa: E402
+
+import jittor as jt  # noqa: E402
+import models  # noqa: E402
+from jhssl.checkpoint import atomic_save  # noqa: E402
+from models.heads import build_aux_head  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+SWIN = dict(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)
+TOL = 1e-4
+
+
+def _randomize(module, seed):
+    rng = np.random.RandomState(seed)
+    convert.load_state_dict_checked(module, {k: (rng.randn(*v.shape) * 0.2).astype(np.float32)
+                                             for k, v in module.state_dict().items()})
+    return module
+
+
+def _training_checkpoint(path, base, arch, model_cfg, seed=0, data_cfg=None):
+    """A checkpoint as jhssl/checkpoint.py writes it: student/teacher with backbone.*, aux_head.*, proj_*."""
+    head = _randomize(build_aux_head("convnext", base.num_features, depth=1), seed + 1)
+    teacher = {"backbone." + k: v.numpy() for k, v in base.state_dict().items()}
+    teacher.update({"aux_head." + k: v.numpy() for k, v in head.state_dict().items()})
+    teacher["proj_base.mlp.0.weight"] = np.zeros((8, base.num_features), np.float32)
+    teacher["proj_head.last_layer.weight"] = np.zeros((16, 8), np.float32)
+    student = {k: v * 0 for k, v in teacher.items()}
+    ckpt = {"student": student, "teacher": teacher, "optimizer": {"lr": 0.1}, "epoch": 1, "iteration": 10,
+            "config": {"model": dict(arch=arch, **model_cfg), "data": dict(data_cfg or {})},
+            "rng": {"numpy": np.random.get_state(), "python": __import__("random").getstate()}}
+    atomic_save(ckpt, path)
+    return teacher
+
+
+def _tiny_vit_checkpoint(tmp_path, seed=0):
+    base = _randomize(models.create_model("vit_small", use_mask_token=True, **VIT), seed)
+    path = str(tmp_path / "checkpoint_00000010.pkl")
+    _training_checkpoint(path, base, "tiny_test_vit", {"patch_size": 8, "img_size": 32}, seed)
+    return base, path
+
+
+def _load_cli(name):
+    spec = importlib.util.spec_from_file_location(f"run_{name}_cli", os.path.join(ROOT, "run", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _image(seed=1, size=32):
+    return np.random.RandomState(seed).randn(2, 3, size, size).astype(np.float32)
+
+
+def test_vit_export_round_trip_through_torch_gives_same_features(tmp_path):
+    base, path = _tiny_vit_checkpoint(tmp_path)
+    out = str(tmp_path / "vit.pth")
+    res = export.export_checkpoint(path, out)
+    sd = torch.load(out)
+    assert "mask_token" not in sd and not any(k.startswith(("aux_head", "proj_", "backbone.")) for k in sd)
+    assert {"backbone.mask_token", "aux_head.norm.weight", "proj_base.mlp.0.weight"} <= set(res["report"].dropped)
+    tv = tref.TorchViT(32, 8, 32, 2, 2).eval()
+    tv.load_state_dict(sd, strict=True)
+    img = _image()
+    base.eval()
+    with torch.no_grad():
+        ref = tv(torch.from_numpy(img))
+    ours = base.forward_features(jt.array(img))
+    assert np.abs(ours["cls"].numpy() - ref["cls"].numpy()).max() < TOL
+    assert np.abs(ours["patch"].numpy() - ref["patch"].numpy()).max() < TOL
+
+
+def test_swin_export_round_trip_through_torch_gives_same_features(tmp_path):
+    base = _randomize(models.create_model("swin_tiny", use_mask_token=True, **SWIN), 3)
+    path = str(tmp_path / "swin.pkl")
+    _training_checkpoint(path, base, "tiny_test_swin", {}, 3)
+    out = str(tmp_path / "swin.safetensors")
+    export.export_checkpoint(path, out, safetensors=True)
+    import safetensors.torch
+    ts = tref.TorchSwin(patch=4, dim=16, depths=(2, 2), heads=(2, 4), window=4).eval()
+    ts.load_state_dict(safetensors.torch.load_file(out), strict=True)
+    img = _image(seed=2)
+    base.eval()
+    with torch.no_grad():
+        ref = ts(torch.from_numpy(img))["cls"].numpy()
+    assert np.abs(base(jt.array(img)).numpy() - ref).max() < TOL
+
+
+@pytest.mark.parametrize("arch,timm_name,kwargs", [
+    ("vit_small", "vit_small_patch16_224", {"patch_size": 16}),
+    ("swin_tiny", "swin_tiny_patch4_window7_224", {}),
+])
+def test_timm_export_has_exactly_timms_keys_and_shapes(tmp_path, arch, timm_name, kwargs):
+    ref = convert.timm_reference(timm_name)
+    if ref is None:
+        pytest.skip("timm reference key lists (../shared/reference/timm-state-dicts) not available")
+    base = models.create_model(arch, use_mask_token=True)
+    path = str(tmp_path / "ckpt.pkl")
+    teacher = _training_checkpoint(path, base, arch, kwargs)
+    out = str(tmp_path / "w.safetensors")
+    res = export.export_checkpoint(path, out, fmt="timm")
+    assert res["checked_against_timm"] and res["timm_name"] == timm_name
+    header, meta, _ = safetensors_io.read_header(out)
+    assert set(header) == set(ref)
+    assert all(tuple(header[k]["shape"]) == tuple(ref[k]) for k in ref)
+    assert meta["format"] == "timm"
+    sd = safetensors_io.load_file(out)
+    np.testing.assert_array_equal(sd["norm.weight"], teacher["backbone.norm.weight"])
+
+
+@pytest.mark.parametrize("fmt", ["dino", "mmseg"])
+def test_dino_and_mmseg_layouts(tmp_path, fmt):
+    base, path = _tiny_vit_checkpoint(tmp_path, seed=5)
+    out = str(tmp_path / f"{fmt}.pth")
+    export.export_checkpoint(path, out, fmt=fmt, which="student")
+    obj = torch.load(out)
+    inner = obj["teacher"] if fmt == "dino" else obj["state_dict"]
+    assert list(obj) == (["teacher"] if fmt == "dino" else ["state_dict"])
+    assert set(inner) == {"backbone." + k for k in base.state_dict() if k != "mask_token"}
+    # --which student: the student's weights (all zeros in this checkpoint), not the teacher's.
+    assert float(inner["backbone.norm.weight"].abs().sum()) == 0.0
+    # What we write, our converter reads back (DINO's loaders: checkpoint_key teacher, strip backbone.).
+    sd, report = convert.convert_state_dict(weights_io.load_checkpoint(out), convert.model_shapes(base),
+                                            optional=["mask_token"])
+    assert report.clean and set(sd) == set(base.state_dict()) - {"mask_token"}
+
+
+def test_pth_without_torch_says_so_and_safetensors_needs_none(tmp_path, monkeypatch):
+    _, path = _tiny_vit_checkpoint(tmp_path, seed=6)
+    monkeypatch.setattr(weights_io, "torch_available", lambda: False)
+    out = str(tmp_path / "w.pth")
+    with pytest.raises(weights_io.TorchMissingError, match="--safetensors"):
+        export.export_checkpoint(path, out)
+    assert not os.path.exists(out)
+    res = export.export_checkpoint(path, out, safetensors=True)
+    assert res["out"] == str(tmp_path / "w.safetensors") and os.path.isfile(res["out"])
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    _, path = _tiny_vit_checkpoint(tmp_path, seed=7)
+    before = set(os.listdir(tmp_path))
+    real_tobytes = np.ndarray.tobytes
+    written = {"n": 0}
+
+    class FailingArray(np.ndarray):
+        def tobytes(self, *a, **k):  # the disk fills up after a few tensors
+            written["n"] += 1
+            if written["n"] > 3:
+                raise OSError("disk full (simulated)")
+            return real_tobytes(self, *a, **k)
+
+    real_asarray = np.asarray
+    monkeypatch.setattr(safetensors_io.np, "asarray",
+                        lambda *a, **k: real_asarray(*a, **k).view(FailingArray))
+    with pytest.raises(OSError, match="disk full"):
+        export.export_checkpoint(path, str(tmp_path / "w.safetensors"))
+    assert written["n"] > 3
+    assert set(os.listdir(tmp_path)) == before  # neither the output nor a temporary file
+
+
+def test_export_cli(tmp_path, capsys):
+    _, path = _tiny_vit_checkpoint(tmp_path, seed=8)
+    cli = _load_cli("export")
+    out = str(tmp_path / "cli.safetensors")
+    assert cli.main(["--checkpoint", path, "--out", out, "--safetensors", "--format", "mmseg"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert all(k.startswith("state_dict.backbone.") for k in safetensors_io.load_file(out))
+    # A truncated checkpoint: a clear message, exit code 2, no output.
+    data = open(path, "rb").read()
+    bad = str(tmp_path / "bad.pkl")
+    open(bad, "wb").write(data[:-100])
+    out2 = str(tmp_path / "never.safetensors")
+    assert cli.main(["--checkpoint", bad, "--out", out2, "--safetensors"]) == 2
+    assert "truncated or corrupted" in capsys.readouterr().err and not os.path.exists(out2)
+
+
+def test_model_trained_at_low_resolution_exports_for_timm(tmp_path):
+    if convert.timm_reference("vit_small_patch16_224") is None:
+        pytest.skip("timm reference key lists (../shared/reference/timm-state-dicts) not available")
+    base = models.create_model("vit_small", img_size=32, use_mask_token=True)  # 2x2 grid, e.g. a CPU demo run
+    path = str(tmp_path / "ckpt.pkl")
+    # A null model.img_size means data.global_crop_size to the trainer.
+    teacher = _training_checkpoint(path, base, "vit_small", {"patch_size": 16, "img_size": None},
+                                   data_cfg={"global_crop_size": 32})
+    res = export.export_checkpoint(path, str(tmp_path / "a.safetensors"))
+    assert res["checked_against_timm"] and "img_size=32" in res["note"]
+    assert safetensors_io.load_file(res["out"])["pos_embed"].shape == (1, 5, 384)
+    # --img-size 224 resamples the table: then every shape equals timm's 224-px model.
+    res = export.export_checkpoint(path, str(tmp_path / "b.safetensors"), img_size=224)
+    assert res["checked_against_timm"] and not res["note"]
+    pe = safetensors_io.load_file(res["out"])["pos_embed"]
+    assert pe.shape == (1, 197, 384)
+    np.testing.assert_array_equal(pe[:, 0], teacher["backbone.pos_embed"][:, 0])  # the CLS position is kept
