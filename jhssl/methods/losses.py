@@ -1,0 +1,160 @@
+"""DINO / iBOT self-distillation losses with HSSL's heterogeneous terms (paper Eqs. 1-2).
+
+Notation (paper): ``z1`` is the teacher's output for one view, ``z2`` the student's output for
+another view; ``b`` the base model, ``h`` the auxiliary head. HSSL replaces the baseline's
+``L(z1b, z2b)`` by ``L(z1h, z2b) + L(z1h, z2h)``: the *teacher head* is the target of both the
+student base and the student head. ``L(t, s) = -sum_k softmax((t - c) / T_t)_k log softmax(s / T_s)_k``.
+
+How the terms are combined follows the official iBOT code (``iBOTLoss``) and DINO (``DINOLoss``)
+where the papers are silent:
+
+* CLS terms are cross-view: every (teacher global crop q, student crop v) pair with ``v != q``,
+  each averaged over the batch, then averaged over the pairs (DINO/iBOT divide by the number
+  of pairs). Local crops feed the student only.
+* Masked-patch terms (iBOT) are same-view (``v == q``, global crops only): per image the
+  token losses are averaged over its masked tokens (``sum(mask * l) / max(sum(mask), 1)``),
+  then averaged over the batch and over the global crops. Before iBOT's MIM start epoch the
+  masks are empty and the term is 0 (official code, not stated in the paper).
+* total = lambda1 * (sum of CLS terms) + lambda2 * (sum of patch terms). For HSSL the base and
+  head terms are *summed* (paper Eq. 1). The authors' Jittor code instead takes
+  0.5 * (cls_base + cls_head) and only the base patch term; the ``average_cls_terms`` argument gives
+  that weighting of the CLS terms (not in the config schema) and ``hssl.patch_level: base`` its patch term.
+* Teacher centering (momentum 0.9 for both centers, iBOT) uses the teacher outputs that are the
+  targets: with HSSL image-level supervision the CLS center is the running mean of the
+  *teacher head's* CLS projections; the patch center is the running mean of the patch target
+  (teacher head or teacher base patches), averaged over all patch tokens (masked or not, as
+  iBOT does), then over the global batch (MPI mean across ranks). Centers are updated after the
+  loss is computed, so the current step uses the previous center (DINO).
+* The teacher temperature warms up linearly per epoch (CLS: warmup_teacher_temp ->
+  teacher_temp; patches: warmup_teacher_patch_temp -> teacher_patch_temp, held at the
+  warm-up value until the MIM start epoch, as iBOT's code does). Student temperature 0.1.
+"""
+from jhssl import bootstrap  # noqa: F401
+
+import jittor as jt
+from jittor import nn
+
+from jhssl import dist
+from jhssl.schedules import teacher_temp_schedule
+
+
+def _cross_entropy(teacher_probs, student_logits):
+    """Per-row ``-sum_k p_k log softmax(s)_k`` over the last axis."""
+    return -(teacher_probs * nn.log_softmax(student_logits, dim=-1)).sum(dim=-1)
+
+
+class SelfDistillationLoss(nn.Module):
+    """DINO (``use_patch=False``) or iBOT (``use_patch=True``) loss, with any number of student
+    outputs supervised by one teacher target (the HSSL base and head outputs).
+
+    ``execute`` takes:
+      student_cls: dict name -> (n_crops * B, K) student CLS logits (global crops first);
+      student_patch: dict name -> (n_global * B, N, Kp) student patch logits of the global crops;
+      teacher_cls: (n_global * B, K) teacher CLS logits (the target);
+      teacher_patch: (n_global * B, N, Kp) teacher patch logits (the target) or None;
+      masks: list of n_global bool/float (B, N) or (B, H, W) masks, or None;
+      epoch: int, picks the teacher temperature.
+    It returns a dict with ``loss`` and one ``cls_<name>`` / ``patch_<name>`` entry per term.
+    """
+
+    def __init__(self, out_dim, patch_out_dim, n_global, n_local, epochs,
+                 warmup_teacher_temp=0.04, teacher_temp=0.04,
+                 warmup_teacher_patch_temp=0.04, teacher_patch_temp=0.07,
+                 warmup_teacher_temp_epochs=30, student_temp=0.1,
+                 center_momentum=0.9, patch_center_momentum=0.9,
+                 lambda1=1.0, lambda2=1.0, use_patch=True, mim_start_epoch=0,
+                 average_cls_terms=False):
+        super().__init__()
+        self.n_global = int(n_global)
+        self.n_crops = int(n_global) + int(n_local)
+        self.student_temp = float(student_temp)
+        self.center_momentum = float(center_momentum)
+        self.patch_center_momentum = float(patch_center_momentum)
+        self.lambda1, self.lambda2 = float(lambda1), float(lambda2)
+        self.use_patch = bool(use_patch)
+        self.average_cls_terms = bool(average_cls_terms)
+        self.teacher_temps = teacher_temp_schedule(warmup_teacher_temp, teacher_temp,
+                                                   warmup_teacher_temp_epochs, epochs)
+        self.teacher_patch_temps = teacher_temp_schedule(
+            warmup_teacher_patch_temp, teacher_patch_temp, warmup_teacher_temp_epochs, epochs,
+            start_epoch=mim_start_epoch)
+        # Running centers: state (saved in checkpoints), never optimised.
+        self.center = jt.zeros((1, out_dim)).stop_grad()
+        self.center_patch = jt.zeros((1, 1, patch_out_dim)).stop_grad() if self.use_patch else None
+
+    def _temps(self, epoch):
+        e = min(int(epoch), len(self.teacher_temps) - 1)
+        return float(self.teacher_temps[e]), float(self.teacher_patch_temps[e])
+
+    def cls_term(self, teacher_probs_chunks, student_logits):
+        chunks = (student_logits / self.student_temp).chunk(self.n_crops, dim=0)
+        if len(chunks) != self.n_crops:
+            raise ValueError(f"student CLS output has {student_logits.shape[0]} rows, "
+                             f"not divisible into {self.n_crops} crops")
+        total, n = 0.0, 0
+        for q, t in enumerate(teacher_probs_chunks):
+            for v, s in enumerate(chunks):
+                if v == q:
+                    continue
+                total = total + _cross_entropy(t, s).mean()
+                n += 1
+        if n == 0:
+            raise ValueError("DINO/iBOT CLS loss needs at least two crops (one teacher, one other student view)")
+        return total / n
+
+    def patch_term(self, teacher_probs_chunks, student_logits, masks):
+        chunks = (student_logits / self.student_temp).chunk(self.n_global, dim=0)
+        total = 0.0
+        for q, (t, s) in enumerate(zip(teacher_probs_chunks, chunks)):
+            m = masks[q]
+            m = m.reshape((m.shape[0], -1)).float32()
+            if m.shape[1] != s.shape[1]:
+                raise ValueError(f"mask of global crop {q} has {m.shape[1]} positions but the "
+                                 f"model produced {s.shape[1]} patch tokens")
+            per_token = _cross_entropy(t, s)  # (B, N)
+            per_image = (per_token * m).sum(dim=-1) / jt.maximum(m.sum(dim=-1), 1.0)
+            total = total + per_image.mean()
+        return total / self.n_global
+
+    def execute(self, student_cls, student_patch, teacher_cls, teacher_patch, masks, epoch):
+        temp, patch_temp = self._temps(epoch)
+        teacher_cls = teacher_cls.detach()
+        t_cls = nn.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
+        t_cls_chunks = t_cls.chunk(self.n_global, dim=0)
+
+        parts = {}
+        cls_sum = 0.0
+        for name, logits in student_cls.items():
+            parts["cls_" + name] = self.cls_term(t_cls_chunks, logits)
+            cls_sum = cls_sum + parts["cls_" + name]
+        if self.average_cls_terms and len(student_cls) > 1:
+            cls_sum = cls_sum / len(student_cls)
+        loss = self.lambda1 * cls_sum
+
+        if self.use_patch and student_patch:
+            if teacher_patch is None or masks is None:
+                raise ValueError("iBOT patch terms need the teacher patch target and the masks")
+            teacher_patch = teacher_patch.detach()
+            t_patch = nn.softmax((teacher_patch - self.center_patch) / patch_temp, dim=-1).detach()
+            t_patch_chunks = t_patch.chunk(self.n_global, dim=0)
+            patch_sum = 0.0
+            for name, logits in student_patch.items():
+                parts["patch_" + name] = self.patch_term(t_patch_chunks, logits, masks)
+                patch_sum = patch_sum + parts["patch_" + name]
+            loss = loss + self.lambda2 * patch_sum
+
+        self.update_centers(teacher_cls, teacher_patch if self.use_patch else None)
+        parts["loss"] = loss
+        return parts
+
+    def update_centers(self, teacher_cls, teacher_patch=None):
+        """EMA of the batch mean of the teacher targets (global batch under MPI)."""
+        with jt.no_grad():
+            batch_center = dist.all_reduce_mean(teacher_cls.mean(dim=0, keepdims=True))
+            m = self.center_momentum
+            self.center.update((self.center * m + batch_center * (1 - m)).stop_grad())
+            if teacher_patch is not None and self.center_patch is not None:
+                patch_center = dist.all_reduce_mean(teacher_patch.mean(dim=1).mean(dim=0, keepdims=True))
+                patch_center = patch_center.unsqueeze(0)
+                mp = self.patch_center_momentum
+                self.center_patch.update((self.center_patch * mp + patch_center * (1 - mp)).stop_grad())

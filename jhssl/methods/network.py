@@ -1,0 +1,112 @@
+"""Student/teacher network: base model (+ auxiliary head) + projection heads, run on multi-crop input."""
+from jhssl import bootstrap  # noqa: F401
+
+import jittor as jt
+from jittor import nn
+
+from .projection import ProjectionMLP, WeightNormLinear
+
+
+class SSLNetwork(nn.Module):
+    """Base model, optional HSSL auxiliary head, and their projections.
+
+    State-dict layout (both student and teacher, so the EMA pairs parameters by name):
+      ``backbone.*``          the base model (timm keys);
+      ``aux_head.*``          the auxiliary head (absent for the baseline);
+      ``head.mlp.*``          projection MLP of the base model (DINOHead layout);
+      ``aux_proj.mlp.*``      projection MLP of the auxiliary head (absent when shared, Table XVI);
+      ``last_layer.weight_{g,v}``       prototypes of the CLS token (shared with the patch tokens
+                                        when ``shared_head``, iBOT's default in its recipes);
+      ``last_layer_patch.weight_{g,v}`` prototypes of the patch tokens when not ``shared_head``;
+      ``aux_last_layer*``     separate prototypes of the head (absent when shared; the authors'
+                              code shares them).
+    """
+
+    def __init__(self, backbone, aux_head=None, *, out_dim, patch_out_dim, hidden_dim, bottleneck_dim,
+                 nlayers, norm_last_layer, shared_head, use_patch, share_projection=False,
+                 share_last_layer=True, use_bn=False, act="gelu"):
+        super().__init__()
+        self.backbone = backbone
+        self.aux_head = aux_head
+        self.use_patch = bool(use_patch)
+        self.shared_head = bool(shared_head)
+        self.share_projection = bool(share_projection)
+        self.share_last_layer = bool(share_last_layer)
+        dim = backbone.num_features
+        self.head = ProjectionMLP(dim, hidden_dim, bottleneck_dim, nlayers, use_bn, act)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_g=norm_last_layer)
+        if self.use_patch and not self.shared_head:
+            self.last_layer_patch = WeightNormLinear(bottleneck_dim, patch_out_dim, fix_g=norm_last_layer)
+        if aux_head is not None:
+            if self.share_projection:
+                if aux_head.out_dim != dim:
+                    raise ValueError(f"hssl.share_projection needs the auxiliary head's out_dim "
+                                     f"({aux_head.out_dim}) to equal the base model's ({dim})")
+            else:
+                self.aux_proj = ProjectionMLP(aux_head.out_dim, hidden_dim, bottleneck_dim, nlayers, use_bn, act)
+            if not self.share_last_layer:
+                self.aux_last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_g=norm_last_layer)
+                if self.use_patch and not self.shared_head:
+                    self.aux_last_layer_patch = WeightNormLinear(bottleneck_dim, patch_out_dim,
+                                                                 fix_g=norm_last_layer)
+
+    # -- projection pieces -------------------------------------------------------------------
+    def _mlp(self, which):
+        if which == "head" and not self.share_projection:
+            return self.aux_proj
+        return self.head
+
+    def _prototypes(self, which, tokens):
+        aux = which == "head" and not self.share_last_layer
+        if tokens == "patch" and not self.shared_head:
+            return self.aux_last_layer_patch if aux else self.last_layer_patch
+        return self.aux_last_layer if aux else self.last_layer
+
+    def project(self, feats, which, tokens):
+        return self._prototypes(which, tokens)(self._mlp(which)(feats))
+
+    # -- forward -----------------------------------------------------------------------------
+    def execute(self, crops, masks=None, n_global=None, want=("base_cls", "base_patch", "head_cls", "head_patch")):
+        """Run the crops (a list of (B, 3, H, W) Vars; crops of equal size are batched together).
+
+        ``masks`` (list, one per global crop) go to the base model of the first ``n_global`` crops.
+        Returns a dict with the requested keys among
+          ``base_cls`` / ``head_cls``: (n_crops * B, K) projected CLS logits, crop-major;
+          ``base_patch`` / ``head_patch``: (n_global * B, N, Kp) projected patch logits (global crops);
+          ``base_feat``: (n_crops * B, C) the base model's normed CLS features (unprojected).
+        """
+        if not isinstance(crops, (list, tuple)):
+            crops = [crops]
+        n_global = len(crops) if n_global is None else int(n_global)
+        want = set(want)
+        if self.aux_head is None and (want & {"head_cls", "head_patch"}):
+            want -= {"head_cls", "head_patch"}
+        need_head = bool(want & {"head_cls", "head_patch"})
+        # consecutive crops of one resolution form one forward pass (DINO's MultiCropWrapper)
+        groups, start = [], 0
+        for i in range(1, len(crops) + 1):
+            if i == len(crops) or tuple(crops[i].shape[-2:]) != tuple(crops[start].shape[-2:]) or i == n_global:
+                groups.append((start, i))
+                start = i
+        acc = {k: [] for k in ("base_cls", "base_feat", "base_patch", "head_cls", "head_patch")}
+        for a, b in groups:
+            x = jt.concat(list(crops[a:b]), dim=0) if b - a > 1 else crops[a]
+            is_global = a < n_global
+            mask = None
+            if masks is not None and is_global:
+                mask = jt.concat(list(masks[a:b]), dim=0) if b - a > 1 else masks[a]
+            out = self.backbone.forward_features(x, mask=mask) if mask is not None \
+                else self.backbone.forward_features(x)
+            if "base_feat" in want:
+                acc["base_feat"].append(out["cls"])
+            if "base_cls" in want:
+                acc["base_cls"].append(self.project(out["cls"], "base", "cls"))
+            if is_global and "base_patch" in want:
+                acc["base_patch"].append(self.project(out["patch"], "base", "patch"))
+            if need_head:
+                h = self.aux_head(out["head_input"], out["grid"])
+                if "head_cls" in want:
+                    acc["head_cls"].append(self.project(h["cls"], "head", "cls"))
+                if is_global and "head_patch" in want:
+                    acc["head_patch"].append(self.project(h["patch"], "head", "patch"))
+        return {k: (jt.concat(v, dim=0) if len(v) > 1 else v[0]) for k, v in acc.items() if v}

@@ -1,0 +1,170 @@
+"""Student/teacher pair + loss for DINO/iBOT with or without HSSL, built from a config."""
+from jhssl import bootstrap  # noqa: F401
+
+import importlib
+
+import jittor as jt
+
+from .losses import SelfDistillationLoss
+from .network import SSLNetwork
+
+_MODEL_FAMILIES = ("vit", "swin", "resnet", "resmlp", "pvt", "heads")
+
+
+def _models():
+    import models
+    # models/__init__ may register families lazily; importing them is harmless when it does not.
+    for fam in _MODEL_FAMILIES:
+        try:
+            importlib.import_module("models." + fam)
+        except ImportError:
+            pass
+    return models
+
+
+def build_base_model(cfg, drop_path_rate=None, use_mask_token=None):
+    """The base model named by ``cfg.model.arch`` (ViT: ``patch_size`` and ``img_size`` apply)."""
+    models = _models()
+    m = cfg.model
+    kwargs = dict(patch_size=m.patch_size,
+                  img_size=m.img_size or cfg.data.global_crop_size,
+                  drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate)
+    if use_mask_token is None:
+        use_mask_token = cfg.method == "ibot"
+    if use_mask_token:
+        kwargs["use_mask_token"] = True
+    return models.create_model(m.arch, **kwargs)
+
+
+def _build_network(cfg, teacher):
+    from models.heads import build_aux_head
+    _models()
+    m, h = cfg.model, cfg.hssl
+    use_patch = cfg.method == "ibot"
+    drop = 0.0 if teacher else m.drop_path_rate
+    backbone = build_base_model(cfg, drop_path_rate=drop)
+    aux = None
+    if h is not None:
+        aux_drop = 0.0 if teacher else (h.drop_path_rate if h.drop_path_rate is not None else m.drop_path_rate)
+        aux = build_aux_head(list(h.heads), backbone.num_features, depth=h.depth,
+                             first_shortcut=h.first_shortcut, drop_path=aux_drop)
+    shared = m.shared_last_layer_teacher if teacher else m.shared_last_layer
+    return SSLNetwork(
+        backbone, aux, out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
+        bottleneck_dim=m.head_bottleneck_dim, nlayers=m.head_nlayers, norm_last_layer=m.norm_last_layer,
+        shared_head=shared, use_patch=use_patch,
+        share_projection=(h is not None and not h.separate_proj),
+        share_last_layer=(h is not None and h.shared_prototypes),
+        use_bn=m.use_bn_in_head, act=m.act_in_head)
+
+
+class SelfDistillation:
+    """DINO/iBOT student + EMA teacher + loss; HSSL when ``cfg.hssl`` is a section, baseline when null.
+
+    Which outputs meet in the loss (paper Eqs. 1-2, z1 = teacher, z2 = student):
+      baseline:                 CLS  L(z1b, z2b);              patches  L(p1b, p2b)
+      hssl.image_level:         CLS  L(z1h, z2b) + L(z1h, z2h)
+      hssl.patch_level=head:    patches L(p1h, p2b) + L(p1h, p2h)          (paper)
+      hssl.patch_level=base:    patches L(p1b, p2b)   (authors' Jittor code: the teacher *base*
+                                patch tokens supervise the student base only; Table XVIII's
+                                "image-level only" row)
+      hssl.patch_level=none:    no patch terms (iBOT without MIM).
+    """
+
+    def __init__(self, cfg, student, teacher, loss):
+        self.cfg = cfg
+        self.method = cfg.method
+        self.student, self.teacher, self.loss = student, teacher, loss
+        h = cfg.hssl
+        self.n_global = 2
+        self.n_local = cfg.data.local_crops_number
+        self.cls_students = ["base"]
+        self.cls_target = "base_cls"
+        self.patch_students, self.patch_target = [], None
+        if h is not None and h.image_level:
+            self.cls_students, self.cls_target = ["base", "head"], "head_cls"
+        if self.method == "ibot":
+            level = "base" if h is None else h.patch_level
+            if level == "head":
+                self.patch_students, self.patch_target = ["base", "head"], "head_patch"
+            elif level == "base":
+                self.patch_students, self.patch_target = ["base"], "base_patch"
+        # The teacher never gets gradients: every teacher Var is stop_grad and the optimizer
+        # only sees student parameters; the teacher moves by EMA only.
+        for p in self.teacher.parameters():
+            p.stop_grad()
+        self.teacher.eval()
+        self._pairs = None
+
+    # -- forward + loss ------------------------------------------------------------------------
+    def compute_loss(self, crops, masks, epoch):
+        """Loss dict for one batch. ``crops``: 2 global + n_local crops; ``masks``: 2 (B, ...) masks."""
+        if len(crops) != self.n_global + self.n_local:
+            raise ValueError(f"expected {self.n_global} global + {self.n_local} local crops, got {len(crops)}")
+        globals_ = list(crops[:self.n_global])
+        want_t = {self.cls_target} | ({self.patch_target} if self.patch_target else set())
+        with jt.no_grad():
+            t = self.teacher(globals_, n_global=self.n_global, want=want_t)
+        want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
+        use_masks = masks if (self.method == "ibot" and self.patch_target) else None
+        s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s)
+        student_cls = {n: s[n + "_cls"] for n in self.cls_students}
+        student_patch = {n: s[n + "_patch"] for n in self.patch_students}
+        t_patch = t[self.patch_target] if self.patch_target else None
+        return self.loss(student_cls, student_patch, t[self.cls_target], t_patch,
+                         use_masks, epoch)
+
+    # -- teacher EMA ---------------------------------------------------------------------------
+    def param_pairs(self):
+        """(student Var, teacher Var) for every parameter name both hold (iBOT's ``names_common``)."""
+        if self._pairs is None:
+            sp = dict(self.student.named_parameters())
+            tp = dict(self.teacher.named_parameters())
+            pairs = []
+            for name, tv in tp.items():
+                if name in sp:
+                    if tuple(sp[name].shape) != tuple(tv.shape):
+                        raise ValueError(f"student/teacher shape mismatch for '{name}': "
+                                         f"{tuple(sp[name].shape)} vs {tuple(tv.shape)}")
+                    pairs.append((sp[name], tv))
+            self._pairs = pairs
+        return self._pairs
+
+    def copy_student_to_teacher(self):
+        for s, t in self.param_pairs():
+            t.update(s.detach().clone().stop_grad())
+
+    def ema_update(self, momentum):
+        """teacher <- m * teacher + (1 - m) * student (no gradient flows)."""
+        m = float(momentum)
+        with jt.no_grad():
+            for s, t in self.param_pairs():
+                t.update((t * m + s.detach() * (1.0 - m)).stop_grad())
+
+
+def build_model(cfg):
+    """Student, teacher (initialised as a copy of the student) and the loss for ``cfg``."""
+    if cfg.method not in ("ibot", "dino"):
+        raise ValueError(f"method must be 'ibot' or 'dino', got {cfg.method!r}")
+    m = cfg.model
+    if cfg.method == "ibot" and m.shared_last_layer != m.shared_last_layer_teacher \
+            and m.patch_out_dim != m.out_dim:
+        raise ValueError("model.shared_last_layer and model.shared_last_layer_teacher differ, so the "
+                         "student and teacher patch outputs must have one size: set model.patch_out_dim "
+                         f"({m.patch_out_dim}) = model.out_dim ({m.out_dim})")
+    student = _build_network(cfg, teacher=False)
+    teacher = _build_network(cfg, teacher=True)
+    # the patch target's size is the teacher's: its CLS prototypes when it shares them (iBOT)
+    patch_dim = m.out_dim if m.shared_last_layer_teacher else m.patch_out_dim
+    L = cfg.loss
+    loss = SelfDistillationLoss(
+        m.out_dim, patch_dim, n_global=2, n_local=cfg.data.local_crops_number, epochs=cfg.epochs,
+        warmup_teacher_temp=L.warmup_teacher_temp, teacher_temp=L.teacher_temp,
+        warmup_teacher_patch_temp=L.warmup_teacher_patch_temp, teacher_patch_temp=L.teacher_patch_temp,
+        warmup_teacher_temp_epochs=L.warmup_teacher_temp_epochs, student_temp=L.student_temp,
+        center_momentum=L.center_momentum, patch_center_momentum=L.center_momentum,
+        lambda1=L.lambda1, lambda2=L.lambda2, use_patch=(cfg.method == "ibot"),
+        mim_start_epoch=cfg.mask.pred_start_epoch)
+    method = SelfDistillation(cfg, student, teacher, loss)
+    method.copy_student_to_teacher()
+    return method

@@ -1,0 +1,107 @@
+"""Optimizer pieces of the DINO/iBOT recipe: parameter groups, AdamW, per-parameter gradient clipping."""
+from jhssl import bootstrap  # noqa: F401
+
+import jittor as jt
+
+
+def param_groups(module):
+    """DINO's ``get_params_groups``: biases and 1-D parameters (norms) get no weight decay.
+
+    Stop-grad Vars (teacher-like buffers, the fixed ``weight_g`` of a normalised last layer,
+    batch-norm statistics) are left out: they are not trained."""
+    decay, no_decay, names_decay, names_no = [], [], [], []
+    for name, p in module.named_parameters():
+        if p.is_stop_grad():
+            continue
+        if name.endswith(".bias") or len(p.shape) == 1:
+            no_decay.append(p)
+            names_no.append(name)
+        else:
+            decay.append(p)
+            names_decay.append(name)
+    groups = [{"params": decay, "names": names_decay, "regularized": True},
+              {"params": no_decay, "names": names_no, "regularized": False, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class AdamW(jt.optim.Optimizer):
+    """AdamW (decoupled weight decay, as torch.optim.AdamW) with two additions the recipe needs:
+
+    * its own update counter for bias correction: Jittor's AdamW counts ``backward`` calls, which
+      is wrong under gradient accumulation;
+    * ``frozen``: ids of parameters to skip entirely in ``step`` (no decay, no moment update), which
+      is what DINO's ``cancel_gradients_last_layer`` (grad = None) does in PyTorch.
+    """
+
+    def __init__(self, params, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        self.updates = 0
+        self.frozen = set()
+        for pg in self.param_groups:
+            pg["m"] = [jt.zeros(p.shape, p.dtype).stop_grad() for p in pg["params"]]
+            pg["values"] = [jt.zeros(p.shape, p.dtype).stop_grad() for p in pg["params"]]
+
+    def grads(self):
+        """(param, grad) for every trained parameter; valid between ``backward`` and ``step``."""
+        for pg in self.param_groups:
+            for p, g in zip(pg["params"], pg.get("grads", [])):
+                if not p.is_stop_grad():
+                    yield p, g
+
+    def step(self, loss=None, retain_graph=False):
+        self.pre_step(loss, retain_graph)
+        self.updates += 1
+        n = float(self.updates)
+        b0, b1 = self.betas
+        bc1, bc2 = 1 - b0 ** n, 1 - b1 ** n
+        for pg in self.param_groups:
+            lr = pg.get("lr", self.lr)
+            wd = pg.get("weight_decay", self.weight_decay)
+            for p, g, m, v in zip(pg["params"], pg["grads"], pg["m"], pg["values"]):
+                if p.is_stop_grad() or id(p) in self.frozen:
+                    continue
+                p.update(p * (1 - lr * wd))
+                m.update(b0 * m + (1 - b0) * g)
+                v.update(b1 * v + (1 - b1) * g * g)
+                p.update(p - (lr / bc1) * m / (jt.sqrt(v) / (bc2 ** 0.5) + self.eps))
+        self.post_step()
+
+    # A plain dict of numpy arrays and numbers, independent of Var identities.
+    def state_dict(self):
+        return {"updates": self.updates, "n_step": self.n_step,
+                "groups": [{"lr": pg.get("lr", self.lr), "weight_decay": pg.get("weight_decay", self.weight_decay),
+                            "names": list(pg.get("names", [])),
+                            "m": [x.numpy() for x in pg["m"]], "values": [x.numpy() for x in pg["values"]]}
+                           for pg in self.param_groups]}
+
+    def load_state_dict(self, state):
+        groups = state["groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"optimizer state has {len(groups)} parameter groups, the optimizer {len(self.param_groups)}")
+        for i, (pg, st) in enumerate(zip(self.param_groups, groups)):
+            names = list(pg.get("names", []))
+            if st.get("names") and names and st["names"] != names:
+                diff = next(((a, b) for a, b in zip(st["names"], names) if a != b), None)
+                raise ValueError(f"optimizer state group {i} does not match the model's parameters "
+                                 f"(first difference: {diff}, sizes {len(st['names'])} vs {len(names)})")
+            if len(st["m"]) != len(pg["params"]):
+                raise ValueError(f"optimizer state group {i} has {len(st['m'])} entries, the model {len(pg['params'])}")
+            for key in ("m", "values"):
+                for j, (var, arr) in enumerate(zip(pg[key], st[key])):
+                    if tuple(var.shape) != tuple(arr.shape):
+                        raise ValueError(f"optimizer state '{key}' of {names[j] if names else j}: "
+                                         f"shape {tuple(arr.shape)} in the checkpoint, {tuple(var.shape)} in the model")
+                    var.update(jt.array(arr).stop_grad())
+            pg["lr"], pg["weight_decay"] = st["lr"], st["weight_decay"]
+        self.updates = int(state["updates"])
+        self.n_step = int(state.get("n_step", 0))
+
+
+def clip_gradients(optimizer, clip):
+    """DINO's ``clip_gradients``: each parameter's gradient is scaled to norm <= clip on its own
+    (not one global norm). Lazy: no host sync."""
+    for p, g in optimizer.grads():
+        norm = jt.sqrt((g * g).sum())
+        coef = jt.minimum(clip / (norm + 1e-6), 1.0)
+        g.update(g * coef)

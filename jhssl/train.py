@@ -1,0 +1,304 @@
+"""The pretraining loop (DINO's ``main_dino.py`` structure): one readable epoch loop.
+
+``train(cfg)`` builds data, student/teacher/loss (``jhssl.methods.build_model``), AdamW with
+DINO's parameter groups and schedules, then per iteration:
+
+    lr / weight decay from their schedules -> teacher forward (no grad) + student forward ->
+    loss -> backward (/ grad_accum) -> [per-parameter clip, last layer frozen in early epochs,
+    AdamW step, teacher EMA] every grad_accum iterations.
+
+Checkpoints (jhssl.checkpoint) are written every epoch and optionally every N iterations;
+``resume='auto'`` continues from the newest one in ``output_dir``. A k-NN evaluation of the
+teacher's base CLS features runs every ``eval_every`` epochs and at the end.
+"""
+from jhssl import bootstrap  # noqa: F401
+
+import os
+import time
+
+import numpy as np
+import jittor as jt
+
+from jhssl import checkpoint as ckpt_lib
+from jhssl import dist
+from jhssl.logging import JsonlLogger, plot_run
+from jhssl.optim import AdamW, clip_gradients, param_groups
+from jhssl.schedules import cosine_scheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint stays as it was."""
+
+
+def setup_device(cfg):
+    """``device``: auto (GPU when Jittor has CUDA), cpu, or cuda; ``amp`` only applies on GPU."""
+    want = cfg.device
+    if want == "cuda" and not jt.has_cuda:
+        raise RuntimeError("device=cuda but Jittor has no CUDA here (no GPU or no nvcc); use device=cpu")
+    jt.flags.use_cuda = 1 if (want == "cuda" or (want == "auto" and jt.has_cuda)) else 0
+    # Mixed precision: Jittor's automatic level 5 (fp16 where safe, fp32 for reductions/exp).
+    jt.flags.auto_mixed_precision_level = 5 if (cfg.amp and jt.flags.use_cuda) else 0
+    return "cuda" if jt.flags.use_cuda else "cpu"
+
+
+def _iteration_seed(seed, iteration):
+    # Jittor's random state cannot be read back, so it is re-seeded every iteration from
+    # (seed, iteration): drop path draws are then identical in a resumed run.
+    return (int(seed) * 1000003 + int(iteration) * 7919 + dist.rank() * 104729) % (2 ** 31 - 1)
+
+
+def _last_layer_ids(student):
+    return {id(p) for n, p in student.named_parameters() if "last_layer" in n}
+
+
+def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
+    loss = method.loss
+    return {
+        "student": ckpt_lib.to_numpy_state(method.student),
+        "teacher": ckpt_lib.to_numpy_state(method.teacher),
+        "optimizer": optimizer.state_dict(),
+        "loss": {"center": loss.center.numpy().copy(),
+                 "center_patch": None if loss.center_patch is None else loss.center_patch.numpy().copy()},
+        "epoch": int(epoch), "iteration": int(iteration),
+        "config": cfg.to_dict(), "rng": ckpt_lib.rng_state(), "metrics": metrics,
+    }
+
+
+def _restore(method, optimizer, state):
+    ckpt_lib.load_state_dict_strict(method.student, state["student"], what="student")
+    ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
+    optimizer.load_state_dict(state["optimizer"])
+    loss = method.loss
+    c = state["loss"]["center"]
+    if tuple(c.shape) != tuple(loss.center.shape):
+        raise ValueError(f"loss center: checkpoint shape {tuple(c.shape)}, model {tuple(loss.center.shape)}")
+    loss.center.update(jt.array(c).stop_grad())
+    cp = state["loss"].get("center_patch")
+    if loss.center_patch is not None:
+        if cp is None or tuple(cp.shape) != tuple(loss.center_patch.shape):
+            raise ValueError("loss patch center missing or of another shape in the checkpoint")
+        loss.center_patch.update(jt.array(cp).stop_grad())
+    ckpt_lib.set_rng_state(state["rng"])
+
+
+def _resolve_resume(cfg, resume):
+    if resume is None or (isinstance(resume, str) and resume.lower() == "none"):
+        return None
+    if resume == "auto":
+        return ckpt_lib.latest_checkpoint(cfg.output_dir)
+    if not os.path.isfile(resume):
+        raise FileNotFoundError(f"--resume checkpoint not found: {resume}")
+    return resume
+
+
+def _discrepancy(cfg, method, eval_sets, epoch, log):
+    """Per-epoch base/head discrepancy (paper Eq. 5, CKA, Procrustes) on up to 500 k-NN val images."""
+    from jhssl.metrics import DiscrepancyLog, network_discrepancy
+    images = ((b[0]) for b in eval_sets[1])
+    stats = network_discrepancy(method, images, epoch=epoch, max_images=500)
+    if dist.is_main():  # every rank runs the network (its slice of the images); rank 0 writes
+        DiscrepancyLog(cfg.output_dir).add(epoch, stats)
+    return stats
+
+
+def run_knn(cfg, method, log=print, datasets=None):
+    """k-NN top-1/top-5 of the teacher's features (``eval.features``: base CLS by default)."""
+    from jhssl.knn import evaluate_knn, feature_fn
+    net = method.teacher if cfg.eval.which == "teacher" else method.student
+    was_training = net.is_training()
+    net.eval()
+    try:
+        return evaluate_knn(cfg, feature_fn(net, cfg.eval.features), datasets=datasets, log=log)
+    finally:
+        if was_training:
+            net.train()
+
+
+def train(cfg, resume="auto", max_iters=None, log=print, progress=True):
+    """Pretrain according to ``cfg``. ``max_iters`` stops early (tests, timing).
+
+    Returns a dict: ``epoch``, ``iteration``, ``knn`` (``{k: {top1, top5}}`` of the last
+    evaluation or None), ``last_loss`` (dict of the last logged loss parts), ``checkpoint``.
+    """
+    from jhssl.data import build_pretrain_dataset
+    from jhssl.methods import build_model
+
+    device = setup_device(cfg)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    main = dist.is_main()
+    jt.set_global_seed(cfg.seed)
+    from jhssl.config import dump_yaml
+    if main:
+        dump_yaml(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    logger = JsonlLogger(os.path.join(cfg.output_dir, "log.jsonl"), enabled=main)
+
+    # ---------------- data, model, optimizer, schedules
+    dist.check_batch_size(cfg.batch_size)  # global batch: must split evenly over the MPI ranks
+    dataset = build_pretrain_dataset(cfg)
+    from jhssl.data import build_eval_datasets
+    eval_sets = build_eval_datasets(cfg)  # now, so a missing k-NN split fails before any training
+    niter = len(dataset)
+    if niter == 0:
+        raise ValueError(f"the dataset gives no full batch of {cfg.batch_size} images")
+    method = build_model(cfg)
+    student, teacher = method.student, method.teacher
+    dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
+    optimizer = AdamW(param_groups(student), lr=0.0)
+    accum = int(cfg.grad_accum)
+    eff_batch = cfg.batch_size * accum
+    o = cfg.optim
+    lr_sched = cosine_scheduler(o.lr * eff_batch / o.lr_ref_batch, o.min_lr, cfg.epochs, niter,
+                                warmup_epochs=o.warmup_epochs)
+    wd_sched = cosine_scheduler(o.weight_decay, o.weight_decay_end, cfg.epochs, niter)
+    mom_sched = cosine_scheduler(o.momentum_teacher, 1.0, cfg.epochs, niter)
+    last_layer = _last_layer_ids(student)
+
+    # ---------------- resume
+    start_epoch, start_iter, knn_result, ckpt_path = 0, 0, None, None
+    # every rank resumes from the file rank 0 picks (output_dir must be on a shared file system)
+    path = dist.broadcast_object(_resolve_resume(cfg, resume) if main else None)
+    if path:
+        state = ckpt_lib.load_checkpoint(path)
+        _restore(method, optimizer, state)
+        start_iter = int(state["iteration"])
+        start_epoch = start_iter // niter
+        knn_result = state.get("metrics", {}).get("knn")
+        ckpt_path = path
+        if main:
+            log(f"resumed from {path}: epoch {start_epoch}, iteration {start_iter}")
+    n_params = sum(int(np.prod(p.shape)) for g in optimizer.param_groups for p in g["params"])
+    if main:
+        log(f"{cfg.method}{'+HSSL ' + '+'.join(cfg.hssl.heads) if cfg.hssl else ' baseline'}: "
+            f"{cfg.model.arch}/{cfg.model.patch_size} on {device}, {n_params / 1e6:.2f}M trained parameters, "
+            f"{len(dataset.loader.source)} images, {niter} iterations/epoch x {cfg.epochs} epochs, "
+            f"lr {o.lr * eff_batch / o.lr_ref_batch:.2e} (batch {eff_batch})")
+
+    total_iters = cfg.epochs * niter
+    stop_at = total_iters if max_iters is None else min(total_iters, start_iter + int(max_iters))
+    it = start_iter
+    last_parts = {}
+    student.train()
+    teacher.eval()
+    # First iteration with a non-finite loss (-1: none); a lazy Var, read at log/checkpoint time.
+    first_bad = jt.array(np.array([-1], dtype=np.int32)).stop_grad()
+    iter_bar = None
+    if progress and main:
+        from tqdm import tqdm
+        iter_bar = tqdm(total=stop_at, initial=start_iter, desc="train", dynamic_ncols=True)
+
+    def check_finite():
+        # collective under MPI: every rank stops together, at the earliest bad iteration of any rank
+        bads = [int(b) for b in np.asarray(dist.all_gather_rows(first_bad.numpy()[None])).reshape(-1) if b >= 0]
+        if bads:
+            bad = min(bads)
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {bad // niter}, iteration {bad} (global; {bad % niter} in the "
+                f"epoch): stopping. The last good checkpoint is untouched: {ckpt_path or 'none written yet'}")
+
+    saved_at = [start_iter if path else -1]
+
+    def save(epoch_done):
+        # called by every rank at the same points (check_finite is collective); rank 0 writes
+        nonlocal ckpt_path
+        check_finite()
+        saved_at[0] = it
+        if not main:
+            ckpt_path = ckpt_lib.rolling_path(cfg.output_dir, it)
+            return
+        state = _checkpoint_state(method, optimizer, cfg, epoch_done, it, {"knn": knn_result})
+        ckpt_path = ckpt_lib.save_rolling(state, cfg.output_dir, it, cfg.keep_last)
+        if cfg.saveckp_freq and epoch_done and epoch_done % cfg.saveckp_freq == 0 and it % niter == 0:
+            ckpt_lib.atomic_save(state, os.path.join(cfg.output_dir, f"checkpoint{epoch_done:04d}.pkl"))
+
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if it >= stop_at:
+                break
+            skip = it - epoch * niter  # mid-epoch resume: skip batches already trained on
+            dataset.set_epoch(epoch, start_batch=skip)
+            optimizer.frozen = last_layer if epoch < o.freeze_last_layer else set()
+            t_log, n_img_log = time.time(), 0
+            epoch_sums, epoch_count = {}, 0
+            for i, (crops, masks, _labels) in enumerate(dataset, start=skip):
+                if it >= stop_at:
+                    break
+                if i % accum == 0 or it == start_iter:
+                    for g in optimizer.param_groups:
+                        g["lr"] = float(lr_sched[it])
+                        g["weight_decay"] = float(wd_sched[it]) if g["regularized"] else 0.0
+                jt.set_seed(_iteration_seed(cfg.seed, it))
+                parts = method.compute_loss(list(crops), list(masks) if masks else None, epoch)
+                loss = parts["loss"]
+                bad_now = jt.logical_not(jt.abs(loss.detach()) < 3.0e38).reshape((1,))  # NaN (compares False) or inf
+                first_bad = jt.ternary(jt.logical_and(first_bad < 0, bad_now),
+                                       jt.full((1,), it, "int32"), first_bad).stop_grad()
+                optimizer.backward(loss / accum)
+                if (i + 1) % accum == 0:
+                    if o.clip_grad:
+                        clip_gradients(optimizer, o.clip_grad)
+                    optimizer.step()
+                    method.ema_update(mom_sched[it])
+                jt.sync_all()
+                it += 1
+                n_img_log += cfg.batch_size
+                if iter_bar is not None:
+                    iter_bar.update(1)
+                if it % cfg.log_freq == 0 or it == stop_at or it % niter == 0:
+                    check_finite()
+                    # the loss of the global batch: mean of the ranks' (equal-sized) shard losses
+                    last_parts = {k: float(dist.all_reduce_mean(v.detach()).item()) for k, v in parts.items()}
+                    dt = time.time() - t_log
+                    rec = {"type": "step", "epoch": epoch, "iteration": it, **last_parts,
+                           "lr": float(lr_sched[it - 1]), "wd": float(wd_sched[it - 1]),
+                           "momentum": float(mom_sched[it - 1]), "img_per_s": n_img_log / max(dt, 1e-9),
+                           "time": time.time()}
+                    logger.write(rec)
+                    for k, v in last_parts.items():
+                        epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+                    epoch_count += 1
+                    if iter_bar is not None:
+                        post = {k.replace("cls_", "c_").replace("patch_", "p_"): f"{v:.3f}" for k, v in last_parts.items()}
+                        post.update(lr=f"{rec['lr']:.1e}", ips=f"{rec['img_per_s']:.1f}")
+                        iter_bar.set_postfix(post, refresh=False)
+                    t_log, n_img_log = time.time(), 0
+                if cfg.save_every_iters and it % cfg.save_every_iters == 0 and it % niter != 0:
+                    save(epoch)
+                jt.gc()
+            epoch_done = it // niter
+            if it % niter == 0 and epoch_done > epoch:  # a complete epoch
+                if epoch_count and main:
+                    logger.write({"type": "epoch", "epoch": epoch, "iteration": it,
+                                  **{k: v / epoch_count for k, v in epoch_sums.items()}, "time": time.time()})
+                if cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
+                    knn_result = _knn_and_log(cfg, method, logger, epoch_done, it, log, eval_sets)
+                if cfg.hssl is not None:
+                    _discrepancy(cfg, method, eval_sets, epoch, log)
+                save(epoch_done)
+                if main:
+                    plot_run(cfg.output_dir)
+    finally:
+        if iter_bar is not None:
+            iter_bar.close()
+
+    check_finite()
+    finished = it >= total_iters
+    if finished and not (start_iter == total_iters and knn_result):
+        knn_result = _knn_and_log(cfg, method, logger, it // niter, it, log, eval_sets)
+        save(it // niter)
+    elif saved_at[0] != it:  # stopped early (max_iters): keep the progress
+        save(it // niter)
+    if main:
+        plot_run(cfg.output_dir)
+    return {"epoch": it // niter, "iteration": it, "knn": knn_result, "last_loss": last_parts,
+            "checkpoint": ckpt_path}
+
+
+def _knn_and_log(cfg, method, logger, epoch, it, log, eval_sets=None):
+    from jhssl.knn import format_knn
+    res = run_knn(cfg, method, log=log if dist.is_main() else None, datasets=eval_sets)
+    if dist.is_main():
+        log(format_knn(res, cfg.eval.knn_t, what=f"teacher {cfg.eval.features}, epoch {epoch}"))
+        logger.write({"type": "knn", "epoch": epoch, "iteration": it, "time": time.time(),
+                      **{f"top1_k{k}": r["top1"] for k, r in res.items()},
+                      **{f"top5_k{k}": r["top5"] for k, r in res.items()}})
+    return res

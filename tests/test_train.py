@@ -1,0 +1,132 @@
+"""Training loop end to end on a tiny synthetic ImageFolder: checkpoints, logs, plots, k-NN, resume."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from _train_helpers import ROOT, tiny_config, tiny_overrides, write_image_folder
+
+import jittor as jt  # noqa: E402
+
+from jhssl import checkpoint as ck
+from jhssl.train import NonFiniteLossError, train
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_image_folder(str(tmp_path_factory.mktemp("imgs")), n_per_class=4)
+
+
+def _steps(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    return {r["iteration"]: r for r in recs if r["type"] == "step"}
+
+
+def test_end_to_end_writes_checkpoint_logs_plots_and_knn(data_root, tmp_path):
+    out = str(tmp_path / "run")
+    cfg = tiny_config(out, data_root)
+    res = train(cfg, resume=None, progress=False, log=lambda *a: None)
+    assert res["iteration"] == 4 and res["epoch"] == 2  # 8 images / batch 4 = 2 it/epoch, 2 epochs
+    assert res["knn"] and 0.0 <= res["knn"][3]["top1"] <= 100.0
+    files = os.listdir(out)
+    assert {"log.jsonl", "config.yaml", "loss_curves.png", "knn_accuracy.png", "discrepancy.jsonl"} <= set(files)
+    rolling = ck.rolling_checkpoints(out)
+    assert [i for i, _ in rolling] == [2, 4]  # keep_last=2: epoch 1 and epoch 2
+    state = ck.load_checkpoint(rolling[-1][1])
+    for key in ("student", "teacher", "optimizer", "loss", "epoch", "iteration", "config", "rng"):
+        assert key in state, key
+    assert state["epoch"] == 2 and state["iteration"] == 4
+    assert state["config"]["hssl"]["heads"] == ["convnext"]
+    assert "last_layer.weight_v" in state["student"] and "aux_head.blocks.0.dwconv.weight" in str(list(state["student"]))
+    steps = _steps(out)
+    assert sorted(steps) == [1, 2, 3, 4]
+    for r in steps.values():
+        assert np.isfinite(r["loss"]) and {"cls_base", "cls_head", "patch_base", "patch_head", "lr"} <= set(r)
+    from PIL import Image
+    assert Image.open(os.path.join(out, "knn_accuracy.png")).size == (800, 500)
+    # no temporary files left behind by the atomic writes
+    assert not [f for f in files if f.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("stop_after", [2, 1])  # an epoch boundary, and the middle of an epoch
+def test_resume_continues_exactly(data_root, tmp_path, stop_after):
+    full = str(tmp_path / "full")
+    part = str(tmp_path / "part")
+    extra = ["eval_every=0", "save_every_iters=1"]
+    train(tiny_config(full, data_root, extra), resume=None, max_iters=stop_after + 1, progress=False,
+          log=lambda *a: None)
+    train(tiny_config(part, data_root, extra), resume=None, max_iters=stop_after, progress=False,
+          log=lambda *a: None)
+    assert ck.latest_checkpoint(part).endswith(f"{stop_after:08d}.pkl")
+    train(tiny_config(part, data_root, extra), resume="auto", max_iters=1, progress=False, log=lambda *a: None)
+    a, b = _steps(full)[stop_after + 1], _steps(part)[stop_after + 1]
+    for k in ("loss", "cls_base", "cls_head", "patch_base", "patch_head"):
+        assert abs(a[k] - b[k]) <= 1e-5, (k, a[k], b[k])
+    # the weights agree too, not just the loss
+    ca, cb = ck.load_checkpoint(ck.latest_checkpoint(full)), ck.load_checkpoint(ck.latest_checkpoint(part))
+    for net in ("student", "teacher"):
+        for k in ca[net]:
+            np.testing.assert_allclose(ca[net][k], cb[net][k], rtol=1e-4, atol=1e-5, err_msg=f"{net}.{k}")
+    for k in ("center", "center_patch"):
+        assert np.abs(ca["loss"][k]).max() > 0
+        np.testing.assert_allclose(ca["loss"][k], cb["loss"][k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
+    out = str(tmp_path / "nan")
+    cfg = tiny_config(out, data_root, ["eval_every=0"])
+    train(cfg, resume=None, max_iters=2, progress=False, log=lambda *a: None)  # one good epoch
+    good = ck.latest_checkpoint(out)
+    good_bytes = open(good, "rb").read()
+    from jhssl.methods.selfdistill import SelfDistillation
+    orig = SelfDistillation.compute_loss
+
+    def poisoned(self, crops, masks, epoch):
+        parts = orig(self, crops, masks, epoch)
+        parts["loss"] = parts["loss"] * float("nan")
+        return parts
+    monkeypatch.setattr(SelfDistillation, "compute_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, iteration 2"):
+        train(tiny_config(out, data_root, ["eval_every=0"]), resume="auto", progress=False, log=lambda *a: None)
+    assert ck.latest_checkpoint(out) == good
+    assert open(good, "rb").read() == good_bytes
+
+
+def test_strict_loader_names_missing_unexpected_and_shapes():
+    from jhssl.methods import build_model
+    m = build_model(tiny_config())
+    state = ck.to_numpy_state(m.student)
+    ck.load_state_dict_strict(m.student, state)  # round trip works
+    missing = dict(state)
+    missing.pop("last_layer.weight_v")
+    with pytest.raises(KeyError, match="last_layer.weight_v"):
+        ck.load_state_dict_strict(m.student, missing)
+    extra = dict(state, bogus=np.zeros(3))
+    with pytest.raises(KeyError, match="bogus"):
+        ck.load_state_dict_strict(m.student, extra)
+    bad = dict(state)
+    bad["head.mlp.0.weight"] = np.zeros((5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"head.mlp.0.weight.*\(5, 5\).*\(32, 32\)"):
+        ck.load_state_dict_strict(m.student, bad)
+
+
+def test_run_train_cli_bad_key_is_an_error_before_compute(capsys):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run", "train.py"), "--config",
+                        os.path.join(ROOT, "configs", "demo.yaml"), "optim.lrr=1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "optim.lrr" in r.stderr
+
+
+def test_run_train_cli_missing_dataset_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+    missing = str(tmp_path / "no_such_dir")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "run", "train.py"), "--config",
+                        os.path.join(ROOT, "configs", "demo.yaml"), f"data.path={missing}",
+                        f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "no_such_dir" in r.stderr, r.stderr[-2000:]
+    assert not os.path.exists(os.path.join(tmp_path, "out", "log.jsonl"))
