@@ -133,6 +133,7 @@ class PyramidVisionTransformerV2(nn.Module):
             in_dim, k = embed_dims[i], k + depths[i]
         self.stages = nn.ModuleList(stages)
         self.num_features = embed_dims[-1]
+        self.feature_stride = 32  # input pixels per last-stage token (4 x 2 x 2 x 2)
         self._init_weights()
 
     def _init_weights(self):

@@ -60,6 +60,7 @@ class ResMLP(nn.Module):
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.patch_size = int(patch_size)
+        self.feature_stride = self.patch_size  # input pixels per output token
         self.build_grid = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_features = self.embed_dim = embed_dim
         self.stem = PatchStem(patch_size, in_chans, embed_dim)

@@ -68,6 +68,7 @@ class ResNet(nn.Module):
                 k += 1
             setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
         self.num_features = inplanes
+        self.feature_stride = 32  # input pixels per last-stage token
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last):

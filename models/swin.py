@@ -283,6 +283,7 @@ class SwinTransformer(nn.Module):
                                       norm_layer=lambda d: nn.LayerNorm(d, eps=1e-5))
         ph, pw = self.patch_embed.patch_size
         self.patch_size = ph if ph == pw else (ph, pw)  # an int for square patches, as DINO's models expose
+        self.feature_stride = ph * 2 ** (self.num_layers - 1)  # input pixels per last-stage token
         if use_mask_token:
             self.mask_token = jt.zeros((1, 1, embed_dim))  # iBOT initialises it to zeros
         self.use_mask_token = use_mask_token

@@ -77,6 +77,7 @@ class VisionTransformer(nn.Module):
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         ph, pw = self.patch_embed.patch_size
         self.patch_size = ph if ph == pw else (ph, pw)  # an int for square patches, as DINO's models expose
+        self.feature_stride = ph  # input pixels per output token
         self.cls_token = jt.zeros((1, 1, embed_dim))
         self.pos_embed = jt.zeros((1, self.patch_embed.num_patches + 1, embed_dim))
         if use_mask_token:

@@ -291,3 +291,16 @@ def test_two_concatenated_heads_build_and_train_step():
     assert np.isfinite(parts["loss"].item()) and set(parts) == {"loss", "cls_base", "cls_head", "patch_base", "patch_head"}
     with pytest.raises(ValueError, match="share_projection"):
         build_model(tiny_config(extra=["hssl.heads=[convnext,resmlp]", "hssl.separate_proj=false"]))
+
+
+def test_resmlp_head_is_sized_for_the_global_crop_grid():
+    """A 16x16 token grid (patch 2 at 32 px) exceeds ResMLP's default 14x14 cross-patch layer:
+    build_model must size it from the global crop, and local crops (8x8) still run."""
+    m = build_model(tiny_config(extra=["hssl.heads=[resmlp]", "model.patch_size=2",
+                                       "data.global_crop_size=32", "data.local_crop_size=16"]))
+    rng = np.random.default_rng(0)
+    crops = [jt.array(rng.normal(size=(2, 3, 32, 32)).astype(np.float32)) for _ in range(2)] + \
+            [jt.array(rng.normal(size=(2, 3, 16, 16)).astype(np.float32))]
+    masks = [jt.array(rng.random((2, 16, 16)) < 0.3) for _ in range(2)]
+    parts = m.compute_loss(crops, masks, 0)
+    assert np.isfinite(parts["loss"].item())

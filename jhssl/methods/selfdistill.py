@@ -1,24 +1,14 @@
 """Student/teacher pair + loss for DINO/iBOT with or without HSSL, built from a config."""
 from jhssl import bootstrap  # noqa: F401
 
-import importlib
-
 import jittor as jt
 
 from .losses import SelfDistillationLoss
 from .network import SSLNetwork
 
-_MODEL_FAMILIES = ("vit", "swin", "resnet", "resmlp", "pvt", "heads")
-
 
 def _models():
-    import models
-    # models/__init__ may register families lazily; importing them is harmless when it does not.
-    for fam in _MODEL_FAMILIES:
-        try:
-            importlib.import_module("models." + fam)
-        except ImportError:
-            pass
+    import models  # importing the package registers every model family
     return models
 
 
@@ -46,8 +36,14 @@ def _build_network(cfg, teacher):
     aux = None
     if h is not None:
         aux_drop = 0.0 if teacher else (h.drop_path_rate if h.drop_path_rate is not None else m.drop_path_rate)
+        head_kw = {}
+        if "resmlp" in h.heads:
+            # ResMLP's cross-patch layer is sized for the largest token grid it will see: the
+            # global crops' (local crops use its centre part).
+            crop = m.img_size or cfg.data.global_crop_size
+            head_kw["max_grid"] = max(1, crop // backbone.feature_stride)
         aux = build_aux_head(list(h.heads), backbone.num_features, depth=h.depth,
-                             first_shortcut=h.first_shortcut, drop_path=aux_drop)
+                             first_shortcut=h.first_shortcut, drop_path=aux_drop, **head_kw)
     shared = m.shared_last_layer_teacher if teacher else m.shared_last_layer
     return SSLNetwork(
         backbone, aux, out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
