@@ -105,18 +105,18 @@ def all_gather_rows(arr) -> np.ndarray:
         return arr.copy()
     if arr.ndim == 0:
         arr = arr.reshape(1)
+    if arr.ndim > 8:
+        raise ValueError(f"all_gather_rows: at most 8 dimensions, got {arr.ndim}")
     n, r = world_size(), rank()
-    counts = np.zeros(n)
-    counts[r] = arr.shape[0]
-    counts = all_reduce_np(counts).astype(np.int64)
-    # the trailing shape must agree: compare a fingerprint of it across ranks
-    shape_sig = np.zeros((n, 8))
-    shape_sig[r, :min(8, arr.ndim)] = (arr.shape + (0,) * 8)[:8][:min(8, arr.ndim)]
-    shape_sig[r, 0] = arr.ndim
-    shape_sig = all_reduce_np(shape_sig)
-    if not (shape_sig[:, 1:] == shape_sig[r, 1:]).all() or not (shape_sig[:, 0] == arr.ndim).all():
+    # one all-reduce tells every rank each rank's row count, ndim and trailing shape
+    sig = np.zeros((n, 9))
+    sig[r, 0], sig[r, 1] = arr.shape[0], arr.ndim
+    sig[r, 2:1 + arr.ndim] = arr.shape[1:]
+    sig = all_reduce_np(sig)
+    if not (sig[:, 1:] == sig[r, 1:]).all():
         raise ValueError(f"all_gather_rows: ranks hold arrays of different trailing shapes "
                          f"(this rank {arr.shape[1:]})")
+    counts = sig[:, 0].astype(np.int64)
     offset = int(counts[:r].sum())
     buf = np.zeros((int(counts.sum()),) + arr.shape[1:], dtype=np.float64)
     buf[offset:offset + arr.shape[0]] = _as_float64(arr)
@@ -164,9 +164,10 @@ def broadcast_module(module, root: int = 0):
         if str(v.dtype) in ("float32", "float64", "int32", "uint8"):
             new = v.mpi_broadcast(root)
         else:  # int64 and others have no matching MPI type in Jittor: go through float64
-            new = jt.array(broadcast_np(v.numpy(), root).astype(str(v.dtype)))
-        # one collective at a time: a lazy graph of many broadcasts may run them in a different
-        # order on each rank, pairing the wrong buffers
+            # (jt.array turns int64 numpy into int32: cast back to the Var's own dtype)
+            new = jt.array(broadcast_np(v.numpy(), root)).cast(str(v.dtype))
+        # one collective at a time (a precaution): nothing guarantees that a lazy graph of many
+        # independent broadcasts runs them in the same order on every rank
         new.sync()
         was_stop = v.is_stop_grad()
         v.update(new.detach())

@@ -94,10 +94,15 @@ def _resolve_resume(cfg, resume):
 def _discrepancy(cfg, method, eval_sets, epoch, log):
     """Per-epoch base/head discrepancy (paper Eq. 5, CKA, Procrustes) on up to 500 k-NN val images."""
     from jhssl.metrics import DiscrepancyLog, network_discrepancy
-    images = ((b[0]) for b in eval_sets[1])
+    if not dist.is_main():
+        # CKA/Procrustes do not split over shards, and Jittor's loader would hand each rank a
+        # slice: rank 0 measures the same images a single process does (no collective inside)
+        return None
+    val = eval_sets[1]
+    n, bs = min(500, val.total_len), 64
+    images = (np.stack([val[i][0] for i in range(s, min(s + bs, n))]) for s in range(0, n, bs))
     stats = network_discrepancy(method, images, epoch=epoch, max_images=500)
-    if dist.is_main():  # every rank runs the network (its slice of the images); rank 0 writes
-        DiscrepancyLog(cfg.output_dir).add(epoch, stats)
+    DiscrepancyLog(cfg.output_dir).add(epoch, stats)
     return stats
 
 

@@ -32,6 +32,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from jhssl import dist
+    dist.install_failure_handler()  # under mpirun: a failing rank ends the whole job, naming itself
     from jhssl.config import ConfigError, load_config
     try:
         cfg = load_config(args.config, args.overrides)
@@ -54,4 +56,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from jhssl.dist import exit_process
+    exit_process(main())  # under MPI an error code ends the job at once (no MPI_Finalize wait)
