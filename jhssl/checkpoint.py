@@ -58,7 +58,8 @@ def load_state_dict_strict(module, state, strict=True, what="model"):
             arr = state[k]
             arr = arr.numpy() if isinstance(arr, jt.Var) else np.asarray(arr)
             was_stop = var.is_stop_grad()
-            var.update(jt.array(arr.astype(str(var.dtype), copy=False)))
+            # jt.array turns int64 into int32: cast back so e.g. BatchNorm counters keep their dtype
+            var.update(jt.array(arr).cast(var.dtype))
             if was_stop:
                 var.stop_grad()
 

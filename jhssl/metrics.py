@@ -1,0 +1,561 @@
+"""Discrepancy and similarity metrics between the base model and an auxiliary head.
+
+Paper references (Li et al., HSSL, TPAMI 2025):
+
+* Eq. 5 / Eq. 8: the model discrepancy ``D = -(z1b)^T log(z1h / z1b) = KL(z1b || z1h)``,
+  computed on the *teacher* probabilities (softmax of the projected, centred,
+  temperature-scaled outputs) of the base model and the auxiliary head.
+* zh extended version, Fig. 4: the training dynamics of D, of linear CKA and of
+  orthogonal Procrustes similarity between base and head features.
+
+Everything here is numpy (float64) so the numbers are independent of the
+framework; Jittor ``Var`` inputs are accepted and converted. Plots are drawn
+with Pillow only (no matplotlib dependency).
+"""
+import json
+import math
+import os
+import tempfile
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "to_numpy", "kl_discrepancy", "kl_discrepancy_from_logits", "teacher_probs", "teacher_log_probs", "linear_cka", "procrustes_similarity",
+    "discrepancy_stats", "DiscrepancyMeter", "DiscrepancyLog",
+    "plot_lines_png", "plot_bars_png",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+def to_numpy(x) -> np.ndarray:
+    """numpy float64 copy of a numpy array, list or Jittor Var (no jittor import needed)."""
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):
+        x = x.numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _rows(x, name: str) -> np.ndarray:
+    """Flatten (..., K) to (M, K) rows; reject empty and non-finite input."""
+    a = to_numpy(x)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim < 2 or a.shape[-1] == 0 or a.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array of shape (..., K), got shape {a.shape}")
+    a = a.reshape(-1, a.shape[-1])
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return a
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        # mkstemp creates 0600 files; give results the usual permissions (0666 minus the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- KL (Eq. 5)
+def kl_discrepancy(p_base, p_head, eps: float = 1e-12, reduce: bool = True):
+    """Model discrepancy D = KL(p_base || p_head) (paper Eq. 5), averaged over samples.
+
+    ``p_base`` and ``p_head`` are probability rows of shape (..., K) (all leading
+    axes are samples, e.g. (B, K) for CLS or (B, N, K) for patch tokens).
+    Per row: ``sum_k pb_k * (log pb_k - log ph_k)``, with the convention
+    0 * log 0 = 0 (terms where pb_k == 0 contribute nothing) and ph clipped at
+    ``eps`` so that a head probability that underflowed to 0 gives a large but
+    finite value. Rows are renormalised to sum 1 (after checking they are
+    close to it) so float32 softmax rounding does not bias D.
+
+    Returns the mean over rows (a float), or the per-row values if ``reduce`` is False.
+    """
+    pb = _rows(p_base, "p_base")
+    ph = _rows(p_head, "p_head")
+    if pb.shape != ph.shape:
+        raise ValueError(f"p_base and p_head must have the same shape, got {pb.shape} and {ph.shape}")
+    for name, p in (("p_base", pb), ("p_head", ph)):
+        if np.any(p < 0):
+            raise ValueError(f"{name}: probabilities must be non-negative")
+        s = p.sum(axis=1)
+        if np.any(np.abs(s - 1.0) > 1e-3):
+            raise ValueError(f"{name}: rows must sum to 1 (found sums in [{s.min():.4g}, {s.max():.4g}]); "
+                             "pass probabilities (softmax outputs), not logits")
+    pb = pb / pb.sum(axis=1, keepdims=True)
+    ph = ph / ph.sum(axis=1, keepdims=True)
+    pos = pb > 0
+    log_ratio = np.zeros_like(pb)
+    log_ratio[pos] = np.log(pb[pos]) - np.log(np.maximum(ph[pos], eps))
+    per_row = np.sum(pb * log_ratio, axis=1)
+    # KL is >= 0 mathematically; clip tiny negative rounding residue.
+    per_row = np.maximum(per_row, 0.0)
+    return float(per_row.mean()) if reduce else per_row
+
+
+def teacher_log_probs(logits, temp: float, center=None) -> np.ndarray:
+    """log of the DINO/iBOT teacher probabilities: log_softmax((logits - center) / temp)."""
+    if temp <= 0:
+        raise ValueError(f"temp must be > 0, got {temp}")
+    z = to_numpy(logits)
+    if z.size == 0:
+        raise ValueError("logits: empty array")
+    if center is not None:
+        z = z - to_numpy(center)
+    z = z / temp
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def teacher_probs(logits, temp: float, center=None) -> np.ndarray:
+    """DINO/iBOT teacher probabilities: softmax((logits - center) / temp) over the last axis."""
+    return np.exp(teacher_log_probs(logits, temp, center))
+
+
+def kl_discrepancy_from_logits(logits_base, logits_head, temp: float, center_base=None, center_head=None,
+                               temp_head: Optional[float] = None, reduce: bool = True):
+    """Eq. 5 computed from teacher *logits* in log space (exact even where a softmax underflows).
+
+    ``D = sum_k pb_k (log pb_k - log ph_k)`` with ``log p = log_softmax((logits - center) / temp)``;
+    prefer this over :func:`kl_discrepancy` when the logits are at hand (sharp teacher
+    temperatures such as 0.04 push many probabilities below float range).
+    """
+    lb = teacher_log_probs(logits_base, temp, center_base)
+    lh = teacher_log_probs(logits_head, temp if temp_head is None else temp_head, center_head)
+    if lb.shape != lh.shape:
+        raise ValueError(f"logits_base and logits_head must have the same shape, got {lb.shape} and {lh.shape}")
+    lb, lh = lb.reshape(-1, lb.shape[-1]), lh.reshape(-1, lh.shape[-1])
+    per_row = np.maximum(np.sum(np.exp(lb) * (lb - lh), axis=1), 0.0)
+    return float(per_row.mean()) if reduce else per_row
+
+
+# --------------------------------------------------------------------------- CKA
+def _features(x, name: str) -> np.ndarray:
+    a = to_numpy(x)
+    if a.ndim == 3:  # (B, N, C) tokens: every token is a sample
+        a = a.reshape(-1, a.shape[-1])
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected features of shape (n, d) or (B, N, d), got {a.shape}")
+    if a.shape[0] < 2 or a.shape[1] < 1:
+        raise ValueError(f"{name}: need at least 2 samples and 1 feature, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return a
+
+
+def _paired(x, y) -> Tuple[np.ndarray, np.ndarray]:
+    a, b = _features(x, "x"), _features(y, "y")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"x and y must have the same number of samples, got {a.shape[0]} and {b.shape[0]}")
+    return a - a.mean(axis=0, keepdims=True), b - b.mean(axis=0, keepdims=True)
+
+
+def linear_cka(x, y) -> float:
+    """Linear centred kernel alignment (Kornblith et al., ICML 2019, Eq. for linear HSIC).
+
+    With X (n, p) and Y (n, q) column-centred,
+    ``CKA = ||Y^T X||_F^2 / (||X^T X||_F * ||Y^T Y||_F)`` in [0, 1].
+    Invariant to orthogonal transforms and isotropic scaling of either input;
+    widths may differ. Returns NaN when either input is constant (CKA undefined).
+    """
+    a, b = _paired(x, y)
+    n, p = a.shape
+    q = b.shape[1]
+    if n < max(p, q):
+        # Gram form (n x n) is cheaper when there are fewer samples than features.
+        ka, kb = a @ a.T, b @ b.T
+        num = float(np.sum(ka * kb))
+        den = float(np.linalg.norm(ka) * np.linalg.norm(kb))
+    else:
+        num = float(np.linalg.norm(b.T @ a) ** 2)
+        den = float(np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+    if den <= 0 or not math.isfinite(den):
+        return float("nan")
+    return float(min(max(num / den, 0.0), 1.0))
+
+
+# --------------------------------------------------------------------------- Procrustes
+def procrustes_similarity(x, y) -> float:
+    """Orthogonal Procrustes similarity in [0, 1].
+
+    Definition (Schoenemann 1966; used as a representation similarity by
+    Ding, Denain & Steinhardt, "Grounding Representation Similarity with
+    Statistical Testing", NeurIPS 2021): centre the columns of X (n, p) and
+    Y (n, q), scale each to unit Frobenius norm, zero-pad the narrower one to
+    the same width, then
+
+        d^2 = min_{R orthogonal} ||X - Y R||_F^2 = 2 - 2 ||X^T Y||_*
+        similarity = 1 - d^2 / 2 = ||X^T Y||_*      (nuclear norm)
+
+    so it is 1 exactly when X is a rotation/reflection (times a positive
+    scale, plus a shift) of Y, and 0 when their column spaces are orthogonal.
+    Returns NaN when either input is constant.
+    """
+    a, b = _paired(x, y)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na <= 0 or nb <= 0:
+        return float("nan")
+    a, b = a / na, b / nb
+    s = np.linalg.svd(a.T @ b, compute_uv=False)
+    return float(min(max(float(s.sum()), 0.0), 1.0))
+
+
+# --------------------------------------------------------------------------- per-epoch stats
+def discrepancy_stats(base_probs=None, head_probs=None, base_feats=None, head_feats=None,
+                      max_feature_samples: int = 4096) -> Dict[str, float]:
+    """Base-vs-head statistics for one set of teacher outputs.
+
+    Args:
+        base_probs, head_probs: teacher probabilities (..., K) of the base model and of the
+            auxiliary head (through their own projections), same shape. Gives ``kl`` (Eq. 5).
+        base_feats, head_feats: backbone features (n, C) / (B, N, C) of the base model and of
+            the head (e.g. the teacher's ``cls`` outputs). Gives ``cka`` and ``procrustes``.
+            At most ``max_feature_samples`` rows are used (the first ones), bounding the cost.
+    Any pair may be omitted. Returns a dict with the keys that could be computed.
+    """
+    out: Dict[str, float] = {}
+    if (base_probs is None) != (head_probs is None):
+        raise ValueError("pass both base_probs and head_probs, or neither")
+    if (base_feats is None) != (head_feats is None):
+        raise ValueError("pass both base_feats and head_feats, or neither")
+    if base_probs is not None:
+        out["kl"] = kl_discrepancy(base_probs, head_probs)
+    if base_feats is not None:
+        a, b = _features(base_feats, "base_feats"), _features(head_feats, "head_feats")
+        a, b = a[:max_feature_samples], b[:max_feature_samples]
+        out["cka"] = linear_cka(a, b)
+        out["procrustes"] = procrustes_similarity(a, b)
+    if not out:
+        raise ValueError("discrepancy_stats: nothing to compute (pass probabilities and/or features)")
+    return out
+
+
+class DiscrepancyMeter:
+    """Accumulates teacher outputs over an epoch's iterations, then computes the statistics.
+
+    KL is averaged over every row seen (a running sum, no memory growth); features for CKA
+    and Procrustes are kept up to ``max_feature_samples`` rows (CKA/Procrustes are
+    population statistics, so they need a sample set, not a per-batch mean).
+
+    Typical trainer use::
+
+        meter = DiscrepancyMeter()
+        for batch in loader:
+            ...  # teacher forward
+            meter.update(base_probs=tb_probs, head_probs=th_probs, base_feats=tb_cls, head_feats=th_cls)
+        stats = meter.compute()   # {'kl': ..., 'cka': ..., 'procrustes': ..., 'n': ...}
+    """
+
+    def __init__(self, max_feature_samples: int = 2048):
+        self.max_feature_samples = int(max_feature_samples)
+        self.reset()
+
+    def reset(self) -> None:
+        self._kl_sum = 0.0
+        self._kl_n = 0
+        self._fb: List[np.ndarray] = []
+        self._fh: List[np.ndarray] = []
+        self._f_n = 0
+
+    def update(self, base_probs=None, head_probs=None, base_feats=None, head_feats=None) -> None:
+        if (base_probs is None) != (head_probs is None) or (base_feats is None) != (head_feats is None):
+            raise ValueError("DiscrepancyMeter.update: pass probabilities and features in base/head pairs")
+        if base_probs is not None:
+            per_row = kl_discrepancy(base_probs, head_probs, reduce=False)
+            self._kl_sum += float(per_row.sum())
+            self._kl_n += per_row.shape[0]
+        if base_feats is not None and self._f_n < self.max_feature_samples:
+            a, b = _features(base_feats, "base_feats"), _features(head_feats, "head_feats")
+            if a.shape[0] != b.shape[0]:
+                raise ValueError(f"base_feats and head_feats differ in sample count: {a.shape[0]} vs {b.shape[0]}")
+            take = self.max_feature_samples - self._f_n
+            self._fb.append(a[:take])
+            self._fh.append(b[:take])
+            self._f_n += min(take, a.shape[0])
+
+    def add_kl_rows(self, per_row) -> None:
+        """Add per-sample KL values computed elsewhere (e.g. by :func:`kl_discrepancy_from_logits`)."""
+        per_row = np.asarray(per_row, dtype=np.float64).reshape(-1)
+        self._kl_sum += float(per_row.sum())
+        self._kl_n += per_row.shape[0]
+
+    def compute(self) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        if self._kl_n:
+            out["kl"] = self._kl_sum / self._kl_n
+        if self._f_n >= 2:
+            a, b = np.concatenate(self._fb), np.concatenate(self._fh)
+            out["cka"] = linear_cka(a, b)
+            out["procrustes"] = procrustes_similarity(a, b)
+        out["n"] = float(max(self._kl_n, self._f_n))
+        return out
+
+
+class DiscrepancyLog:
+    """Per-epoch discrepancy dynamics (zh Fig. 4 / en Fig. 6): JSON lines plus a PNG.
+
+    ``add(epoch, stats)`` appends ``{"epoch": e, **stats}`` to ``<dir>/discrepancy.jsonl``
+    and redraws ``<dir>/discrepancy.png`` (one panel per metric: D, CKA, Procrustes).
+    Re-adding an epoch (after a resume) replaces its earlier entry.
+    """
+
+    def __init__(self, output_dir: str, name: str = "discrepancy"):
+        self.output_dir = output_dir
+        self.jsonl = os.path.join(output_dir, name + ".jsonl")
+        self.png = os.path.join(output_dir, name + ".png")
+        self.records: List[Dict] = []
+        if os.path.exists(self.jsonl):
+            with open(self.jsonl) as f:
+                self.records = [json.loads(line) for line in f if line.strip()]
+
+    def add(self, epoch: int, stats: Mapping[str, float]) -> None:
+        rec = {"epoch": int(epoch)}
+        rec.update({k: float(v) for k, v in stats.items()})
+        self.records = [r for r in self.records if r["epoch"] != rec["epoch"]] + [rec]
+        self.records.sort(key=lambda r: r["epoch"])
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self.records))
+        self.plot()
+
+    def plot(self) -> None:
+        panels = []
+        for key, title in (("kl", "discrepancy D = KL(z1b || z1h)"), ("cka", "linear CKA (base vs head)"),
+                           ("procrustes", "Procrustes similarity (base vs head)")):
+            pts = [(r["epoch"], r[key]) for r in self.records if key in r and math.isfinite(r[key])]
+            if pts:
+                panels.append((title, {key: pts}))
+        if panels:
+            plot_panels_png(self.png, panels, xlabel="epoch")
+
+
+# --------------------------------------------------------------------------- PIL plots
+_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: bitmap default font, fixed size
+        return ImageFont.load_default()
+
+
+def _text_w(draw, text, font) -> int:
+    l, t, r, b = draw.textbbox((0, 0), text, font=font)
+    return r - l
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> List[float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        hi = lo + (abs(lo) if lo else 1.0)
+    raw = (hi - lo) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
+    start = math.ceil(lo / step - 1e-9) * step
+    ticks, v = [], start
+    while v <= hi + step * 1e-6:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.1e}"
+    return f"{v:.4g}"
+
+
+def _draw_panel(draw, box, title, series: Mapping[str, Sequence[Tuple[float, float]]], xlabel, font, small):
+    x0, y0, x1, y1 = box
+    left, right, top, bottom = x0 + 62, x1 - 12, y0 + 26, y1 - 40
+    draw.text((x0 + (x1 - x0 - _text_w(draw, title, font)) // 2, y0 + 4), title, fill="black", font=font)
+    xs = [p[0] for pts in series.values() for p in pts]
+    ys = [p[1] for pts in series.values() for p in pts]
+    xmin, xmax = min(xs), max(xs)
+    ymin, ymax = min(ys), max(ys)
+    if xmax == xmin:
+        xmin, xmax = xmin - 0.5, xmax + 0.5
+    pad = (ymax - ymin) * 0.08 or (abs(ymax) * 0.1 or 1.0)
+    ymin, ymax = ymin - pad, ymax + pad
+
+    def px(x):
+        return left + (x - xmin) / (xmax - xmin) * (right - left)
+
+    def py(y):
+        return bottom - (y - ymin) / (ymax - ymin) * (bottom - top)
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for t in _nice_ticks(ymin, ymax):
+        if ymin <= t <= ymax:
+            yy = py(t)
+            draw.line([left, yy, right, yy], fill=(230, 230, 230))
+            draw.line([left - 4, yy, left, yy], fill="black")
+            s = _fmt(t)
+            draw.text((left - 6 - _text_w(draw, s, small), yy - 6), s, fill="black", font=small)
+    for t in _nice_ticks(xmin, xmax):
+        if xmin <= t <= xmax:
+            xx = px(t)
+            draw.line([xx, bottom, xx, bottom + 4], fill="black")
+            s = _fmt(t)
+            draw.text((xx - _text_w(draw, s, small) // 2, bottom + 6), s, fill="black", font=small)
+    draw.text(((left + right - _text_w(draw, xlabel, small)) // 2, bottom + 22), xlabel, fill="black", font=small)
+    ly = top + 4
+    for i, (name, pts) in enumerate(series.items()):
+        col = _COLORS[i % len(_COLORS)]
+        pts = sorted(pts)
+        coords = [(px(x), py(y)) for x, y in pts]
+        if len(coords) > 1:
+            draw.line(coords, fill=col, width=2)
+        for cx, cy in coords:
+            draw.ellipse([cx - 2.5, cy - 2.5, cx + 2.5, cy + 2.5], fill=col)
+        if len(series) > 1:
+            draw.line([right - 110, ly + 6, right - 92, ly + 6], fill=col, width=2)
+            draw.text((right - 88, ly), str(name), fill="black", font=small)
+            ly += 14
+
+
+def plot_panels_png(path: str, panels: Sequence[Tuple[str, Mapping[str, Sequence[Tuple[float, float]]]]],
+                    xlabel: str = "", panel_size: Tuple[int, int] = (420, 300)) -> None:
+    """Side-by-side line panels: ``panels = [(title, {series_name: [(x, y), ...]}), ...]``."""
+    from PIL import Image, ImageDraw
+    panels = [(t, s) for t, s in panels if any(len(p) for p in s.values())]
+    if not panels:
+        raise ValueError("plot_panels_png: no data points to plot")
+    w, h = panel_size
+    img = Image.new("RGB", (w * len(panels), h), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(13), _font(11)
+    for i, (title, series) in enumerate(panels):
+        series = {k: [(float(x), float(y)) for x, y in v] for k, v in series.items() if len(v)}
+        _draw_panel(draw, (i * w, 0, (i + 1) * w, h), title, series, xlabel, font, small)
+    _save_png(img, path)
+
+
+def plot_lines_png(path: str, series: Mapping[str, Sequence[Tuple[float, float]]], title: str = "",
+                   xlabel: str = "") -> None:
+    """One line panel with several named series of (x, y) points."""
+    plot_panels_png(path, [(title, series)], xlabel=xlabel, panel_size=(560, 360))
+
+
+def plot_bars_png(path: str, labels: Sequence[str], values: Sequence[float], title: str = "",
+                  ylabel: str = "", highlight: Optional[int] = None) -> None:
+    """Vertical bar chart; bar ``highlight`` (index) is drawn in a second colour."""
+    from PIL import Image, ImageDraw
+    if len(labels) != len(values) or not len(labels):
+        raise ValueError("plot_bars_png: labels and values must be non-empty and of equal length")
+    vals = [float(v) for v in values]
+    finite = [v for v in vals if math.isfinite(v)]
+    w, h = max(360, 90 * len(labels) + 100), 360
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(13), _font(11)
+    left, right, top, bottom = 70, w - 20, 34, h - 50
+    draw.text(((w - _text_w(draw, title, font)) // 2, 8), title, fill="black", font=font)
+    vmax = max(finite + [0.0]) or 1.0
+    vmin = min(finite + [0.0])
+    ymax, ymin = vmax * 1.12 if vmax > 0 else 0.0, vmin * 1.12 if vmin < 0 else 0.0
+    if ymax == ymin:
+        ymax = 1.0
+
+    def py(y):
+        return bottom - (y - ymin) / (ymax - ymin) * (bottom - top)
+
+    for t in _nice_ticks(ymin, ymax):
+        if ymin <= t <= ymax:
+            yy = py(t)
+            draw.line([left, yy, right, yy], fill=(230, 230, 230))
+            s = _fmt(t)
+            draw.text((left - 6 - _text_w(draw, s, small), yy - 6), s, fill="black", font=small)
+    draw.rectangle([left, top, right, bottom], outline="black")
+    if ylabel:
+        draw.text((4, top - 22), ylabel, fill="black", font=small)
+    slot = (right - left) / len(labels)
+    for i, (lab, v) in enumerate(zip(labels, vals)):
+        cx = left + slot * (i + 0.5)
+        col = _COLORS[1] if i == highlight else _COLORS[0]
+        if math.isfinite(v):
+            y_a, y_b = sorted((py(0.0), py(v)))
+            draw.rectangle([cx - slot * 0.32, y_a, cx + slot * 0.32, y_b], fill=col)
+            s = _fmt(v)
+            draw.text((cx - _text_w(draw, s, small) // 2, min(py(v), py(0.0)) - 14), s, fill="black", font=small)
+        draw.text((cx - _text_w(draw, str(lab), small) // 2, bottom + 6), str(lab), fill="black", font=small)
+    _save_png(img, path)
+
+
+def _save_png(img, path: str) -> None:
+    import io
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- from a trained network
+def network_discrepancy(method, images, epoch: Optional[int] = None, max_images: int = 1000,
+                        which: str = "teacher") -> Dict[str, float]:
+    """D (Eq. 5), linear CKA and Procrustes similarity of a single-head HSSL method's network.
+
+    ``method``: a :mod:`jhssl.methods` method object (``student``/``teacher`` networks with
+    ``backbone``, ``aux_head`` and ``project``; ``loss`` with ``center`` and teacher temperatures).
+    ``images``: an iterable of image batches (B, 3, H, W) or (images, labels, ...) tuples,
+    e.g. a :class:`jhssl.data.EvalDataset`. Per image, teacher probabilities
+    ``softmax((z - c) / T)`` of the base and of the head CLS projections (loss center ``c``,
+    teacher temperature ``T`` of ``epoch``, default the final one) give D; the unprojected CLS
+    features (base: normed CLS; head: its pooled, normed output) give CKA and Procrustes.
+    Meant to run once per epoch (the paper's discrepancy dynamics, zh Fig. 4 / en Fig. 6).
+    """
+    import jittor as jt
+    net = getattr(method, which)
+    if getattr(net, "aux_head", None) is None:
+        raise ValueError("discrepancy needs an auxiliary head: this network has none (hssl: null?)")
+    loss = method.loss
+    temps = loss.teacher_temps
+    temp = float(temps[-1] if epoch is None else temps[min(int(epoch), len(temps) - 1)])
+    center = loss.center.numpy()
+    meter = DiscrepancyMeter(max_feature_samples=max_images)
+    seen = 0
+    was_training = net.is_training()
+    net.eval()
+    try:
+        for batch in images:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            if not isinstance(x, jt.Var):
+                x = jt.array(np.asarray(x, dtype=np.float32))
+            if seen >= max_images:
+                break
+            if seen + x.shape[0] > max_images:
+                x = x[:max_images - seen]
+            with jt.no_grad():
+                out = net.backbone.forward_features(x)
+                h = net.aux_head(out["head_input"], out["grid"])
+                zb = net.project(out["cls"], "base", "cls").numpy()
+                zh = net.project(h["cls"], "head", "cls").numpy()
+                fb, fh = out["cls"].numpy(), h["cls"].numpy()
+            # KL in log space: exact where a sharp teacher softmax underflows
+            meter.add_kl_rows(kl_discrepancy_from_logits(zb, zh, temp, center, center, reduce=False))
+            meter.update(base_feats=fb, head_feats=fh)
+            seen += int(x.shape[0])
+            jt.sync_all()
+            jt.gc()
+    finally:
+        if was_training:
+            net.train()
+    if seen == 0:
+        raise ValueError("no images given to measure the discrepancy on")
+    return meter.compute()

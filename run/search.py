@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Quick auxiliary-head search (paper Sec. 3.5): train all candidate heads in parallel, rank by D.
+
+    python run/search.py --config configs/search_vit_tiny_fmnist.yaml [key=value ...]
+
+In a search config ``hssl.heads`` lists the *candidates* (default: all six, each of depth
+``hssl.depth``=1), not a concatenated head. Writes ``<output_dir>/search.{json,md,png}`` (or
+``--out PREFIX``), prints the ranking and the recommended head as a config line
+(e.g. ``hssl.heads=[convnext]``), and the search's time per iteration against a single head.
+"""
+import argparse
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jhssl  # noqa: E402,F401  (sets Jittor's environment before jittor loads)
+from jhssl.config import ConfigError, load_config  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Quick auxiliary-head search (HSSL Sec. 3.5)")
+    p.add_argument("--config", required=True, help="search config (YAML), e.g. configs/search_vit_tiny_fmnist.yaml")
+    p.add_argument("--out", default=None, help="output prefix (default: <output_dir>/search)")
+    p.add_argument("--timing-iters", type=int, default=5,
+                   help="iterations timed for the search-vs-single-head ratio, after 2 warm-up ones (0: skip)")
+    p.add_argument("--max-iters", type=int, default=None, help="stop training after this many iterations")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. hssl.heads=[convnext,vit] data.subset=0.05")
+    args = p.parse_args(argv)
+    if args.timing_iters < 0:
+        p.error("--timing-iters must be >= 0")
+    if args.max_iters is not None and args.max_iters <= 0:
+        p.error("--max-iters must be > 0")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from jhssl.search import check_search_config
+        check_search_config(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from jhssl.search import run_search
+    command = "python run/search.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        run_search(cfg, out_prefix=args.out, timing_iters=args.timing_iters, max_iters=args.max_iters,
+                   command=command, progress=not args.no_progress)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
