@@ -2,27 +2,102 @@
 
 Callers (ViT blocks, Swin window attention, the ViT/Swin auxiliary heads)
 only call :func:`scaled_dot_product_attention`; the kernel behind it can be
-swapped (oneDNN batched GEMM on CPU, cuBLAS on GPU, fused kernels) without
-touching them.
+swapped without touching them:
+
+* CPU, fast kernels on (default): the batched products go to oneDNN's
+  matmul primitive as one (B*H, N, D) batch (``kernels/dnnl_bmm_op.cc``),
+  with k^T and the transposed gradient operands expressed as strides, and
+  the softmax is one fused pass per row (``kernels/cpu_softmax_op.cc``).
+  Jittor itself lowers 3-D/4-D matmuls on the CPU to a generic
+  broadcast-multiply-reduce kernel, which was ~45% of a ViT training step.
+* CUDA, fast kernels on: cuBLAS' strided batched GEMM (Jittor's own
+  ``cublas_batched_matmul`` op, with the same transpose flags) and Jittor's
+  fused CUDA softmax.
+* Fast kernels off (``JHSSL_FAST_KERNELS=0`` or
+  ``jhssl.perf.set_fast_kernels(False)``), non-float32 inputs, or the custom
+  op failed to build: plain Jittor ops, the reference path.
 """
+from jhssl import bootstrap  # noqa: F401  (sets Jittor's env before jittor is imported)
 import jittor as jt
+
+from jhssl import perf
+
+
+def _cpu_ops():
+    """The compiled custom CPU ops when they should be used, else None."""
+    if jt.flags.use_cuda or not perf.fast_kernels_enabled():
+        return None
+    from . import kernels  # lazy: nothing is compiled until a model first runs
+    return kernels.cpu_ops()
+
+
+def _cublas_ops():
+    if not (jt.flags.use_cuda and perf.fast_kernels_enabled()):
+        return None
+    return getattr(jt.compile_extern, "cublas_ops", None)
+
+
+def _swap_last(x: jt.Var) -> jt.Var:
+    order = list(range(x.ndim))
+    order[-1], order[-2] = order[-2], order[-1]
+    return x.transpose(order)
+
+
+def _bmm3(a: jt.Var, b: jt.Var, trans_a: bool = False, trans_b: bool = False) -> jt.Var:
+    """op(a) @ op(b) for 3-D a, b with the same batch size; op = transpose when asked."""
+    if a.dtype == jt.float32 and b.dtype == jt.float32 and min(a.shape) > 0 and min(b.shape) > 0:
+        ops = _cpu_ops()
+        if ops is not None:
+            return ops.dnnl_bmm(a, b, trans_a, trans_b)
+        cublas = _cublas_ops()
+        if cublas is not None:
+            return cublas.cublas_batched_matmul(a, b, trans_a, trans_b)
+    return jt.matmul(_swap_last(a) if trans_a else a, _swap_last(b) if trans_b else b)
 
 
 def batched_matmul(a: jt.Var, b: jt.Var) -> jt.Var:
-    """(..., M, K) @ (..., K, N) -> (..., M, N) with identical leading dims."""
-    return jt.matmul(a, b)
+    """(..., M, K) @ (..., K, N) -> (..., M, N) with identical leading dims (at least one)."""
+    if a.ndim < 3 or a.ndim != b.ndim or a.shape[:-2] != b.shape[:-2]:
+        raise ValueError(f"batched_matmul needs equal leading dims, got {a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"batched_matmul: inner dims differ, {a.shape} @ {b.shape}")
+    lead = list(a.shape[:-2])
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    c = _bmm3(a.reshape(-1, m, k), b.reshape(-1, k, n))
+    return c.reshape(lead + [m, n])
+
+
+def softmax_last(x: jt.Var) -> jt.Var:
+    """Softmax over the last axis (fused single-pass kernel on the CPU when enabled)."""
+    if x.dtype == jt.float32 and x.numel() > 0:
+        ops = _cpu_ops()
+        if ops is not None:
+            return ops.cpu_softmax(x)
+    return jt.nn.softmax(x, dim=-1)
 
 
 def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, attn_bias=None, scale=None) -> jt.Var:
     """softmax(q k^T * scale + attn_bias) v.
 
-    q, k, v: (B, H, N, D). attn_bias: additive, broadcastable to (B, H, N, N)
-    (Swin's relative-position bias and shift mask). Returns (B, H, N, D).
+    q, k, v: (B, H, N, D) (k, v may have another length M than q).
+    attn_bias: additive, broadcastable to (B, H, N, M) (Swin's relative-position
+    bias and shift mask). Returns (B, H, N, D).
     """
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention expects (B, H, N, D) tensors, got {q.shape}, {k.shape}, {v.shape}")
+    bsz, heads, n, d = q.shape
+    m = k.shape[2]
+    if k.shape != [bsz, heads, m, d] or v.shape[:3] != [bsz, heads, m]:
+        raise ValueError(f"attention: q {q.shape}, k {k.shape}, v {v.shape} do not match")
+    dv = v.shape[3]
     if scale is None:
-        scale = q.shape[-1] ** -0.5
-    attn = batched_matmul(q * scale, k.transpose(0, 1, 3, 2))
+        scale = d ** -0.5
+    # Scaling q (N x D) is cheaper than scaling the N x M scores, and it fuses
+    # into the copy that makes q contiguous anyway.
+    attn = _bmm3((q * scale).reshape(bsz * heads, n, d), k.reshape(bsz * heads, m, d), trans_b=True)
     if attn_bias is not None:
-        attn = attn + attn_bias
-    attn = jt.nn.softmax(attn, dim=-1)
-    return batched_matmul(attn, v)
+        attn = (attn.reshape(bsz, heads, n, m) + attn_bias).reshape(bsz * heads, n, m)
+    attn = softmax_last(attn)
+    out = _bmm3(attn, v.reshape(bsz * heads, m, dv))
+    return out.reshape(bsz, heads, n, dv)

@@ -1,0 +1,571 @@
+"""Side-by-side speed benchmarks: Jittor (fast kernels on/off) vs PyTorch CPU, HSSL vs baseline.
+
+    python benchmarks/run.py [--quick] [--out benchmarks/results]
+
+Writes ``<out>/<date>-<machine>.json`` and ``.md`` (a markdown table of every figure).
+Every measurement runs in its own subprocess (``--worker``), so peak memory (RSS) and Jittor's
+graph state of one configuration never leak into another, and Jittor and torch never share a
+process. Times are the median over the timed iterations after warm-up (the first iterations
+compile Jittor's kernels; a fresh cache makes the first run of this script much slower).
+
+Figures (issue 7):
+* GEMM peak: 1024^2 fp32 GEMM through oneDNN (Jittor's mkl_matmul), GFLOP/s.
+* Attention forward+backward, plain Jittor vs the fast kernels, on ViT-T/4-32 and ViT-S/16-224 shapes.
+* ViT forward+backward+AdamW img/s, ViT-S/16 at 224 and ViT-T/4 at 32: Jittor vs torch.
+* iBOT training step (teacher forward, student forward+backward, AdamW, EMA) on the same base:
+  HSSL (ConvNext head, depth 3) / baseline step time and peak RSS; 6-head search / one head;
+  Jittor / PyTorch on the same model and loss; achieved FLOP/s vs the GEMM peak (FLOPs counted
+  by torch's FlopCounterMode on the equivalent torch step: GEMMs and convolutions).
+* Scaling of the Jittor ViT step with batch size and image size.
+GPU rows stay empty unless Jittor sees a CUDA device.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SIX_HEADS = ["convnext", "resnet", "resmlp", "poolformer", "vit", "swin"]
+
+
+# ============================================================================ worker side
+def _peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def _time_steps(step, warmup, iters, sync, first_step=None):
+    """Median time of ``iters`` steps after ``warmup`` untimed ones (the first may run as ``first_step``)."""
+    for i in range(warmup):
+        (first_step if (i == 0 and first_step) else step)()
+        sync()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    return {"median_s": _median(times), "min_s": min(times), "times_s": times}
+
+
+def _jittor(fast):
+    import jhssl  # noqa: F401  (bootstrap before jittor)
+    import jittor as jt
+    from jhssl import perf
+    perf.set_fast_kernels(bool(fast))
+    return jt
+
+
+def _use_fast_norm(module):
+    """Swap every last-axis ``jt.nn.LayerNorm`` in ``module`` for models.layers.fast_norm.LayerNorm.
+
+    Same parameters, same math: it shows what the models gain once they build their norms from
+    models.layers.fast_norm (they use jt.nn.LayerNorm today). Returns how many were swapped."""
+    import jittor as jt
+    from models.layers.fast_norm import LayerNorm
+    swapped = 0
+    for m in list(module.modules()):
+        slots = list(vars(m).items())
+        layers = vars(m).get("layers")
+        if isinstance(layers, dict):
+            slots += [(k, v) for k, v in layers.items()]
+        for name, child in slots:
+            if type(child) is jt.nn.LayerNorm and len(child.normalized_shape) == 1 \
+                    and isinstance(child.weight, jt.Var):
+                new = LayerNorm(child.normalized_shape[0], eps=child.eps)
+                new.weight.assign(child.weight)
+                new.bias.assign(child.bias)
+                if isinstance(layers, dict) and name in layers and layers[name] is child:
+                    layers[name] = new
+                else:
+                    setattr(m, name, new)
+                swapped += 1
+    return swapped
+
+
+def _jt_sync(jt):
+    def sync():
+        jt.sync_all()
+        jt.gc()
+    return sync
+
+
+def worker_gemm(spec):
+    n = spec.get("n", 1024)
+    out = {}
+    if spec["framework"] == "jittor":
+        jt = _jittor(True)
+        a, b = jt.randn(n, n), jt.randn(n, n)
+        r = _time_steps(lambda: jt.matmul(a, b).sync(), 3, spec["iters"], jt.sync_all)
+    else:
+        import torch
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        r = _time_steps(lambda: a @ b, 3, spec["iters"], lambda: None)
+    out.update(r)
+    out["gflops"] = 2 * n ** 3 / r["median_s"] / 1e9
+    return out
+
+
+def worker_attention(spec):
+    jt = _jittor(spec["fast"])
+    from models.layers.attention import scaled_dot_product_attention
+    B, H, N, D = spec["shape"]
+    qkv = jt.randn(B, N, 3, H, D)
+    w = jt.randn(B, H, N, D)
+
+    def step():
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # as a ViT block hands them over (non-contiguous)
+        out = scaled_dot_product_attention(q, k, v)
+        jt.grad((out * w).sum(), qkv).sync()
+
+    r = _time_steps(step, 2, spec["iters"], _jt_sync(jt))
+    r["gflop"] = 3 * 2 * 2 * B * H * N * N * D / 1e9  # two GEMMs forward, four backward
+    return r
+
+
+def worker_layernorm(spec):
+    jt = _jittor(spec["fast"])
+    from models.layers.fast_norm import LayerNorm
+    shape = spec["shape"]
+    ln = LayerNorm(shape[-1], eps=1e-6)
+    x, w = jt.randn(*shape), jt.randn(*shape)
+
+    def step():
+        jt.sync(jt.grad((ln(x) * w).sum(), [x, ln.weight, ln.bias]))
+
+    return _time_steps(step, 2, spec["iters"], _jt_sync(jt))
+
+
+class _TorchFlops:
+    """Runs one step under torch's FlopCounterMode (GEMMs and convolutions, forward and backward)."""
+
+    def __init__(self, step):
+        self.step, self.flops = step, None
+
+    def __call__(self):
+        from torch.utils.flop_counter import FlopCounterMode
+        with FlopCounterMode(display=False) as fc:
+            self.step()
+        self.flops = fc.get_total_flops()
+
+
+def worker_vit(spec):
+    arch, ps, img, bs = spec["arch"], spec["patch"], spec["img"], spec["batch"]
+    if spec["framework"] == "jittor":
+        jt = _jittor(spec["fast"])
+        import models
+        import models.vit  # noqa: F401  (registers the ViTs)
+        model = models.create_model(arch, patch_size=ps, img_size=img)
+        swapped = _use_fast_norm(model) if spec.get("fast_norm") else 0
+        opt = jt.optim.AdamW(model.parameters(), lr=1e-4)
+        x = jt.randn(bs, 3, img, img)
+
+        def step():
+            out = model.forward_features(x)
+            opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
+
+        r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
+        r["fast_norms"] = swapped
+    else:
+        import torch
+        from benchmarks.torch_models import ViT
+        model = ViT(arch, ps, img)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(bs, 3, img, img)
+
+        def step():
+            out = model.forward_features(x)
+            loss = out["cls"].pow(2).mean() + out["patch"].pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        counter = _TorchFlops(step)
+        r = _time_steps(step, spec["warmup"], spec["iters"], lambda: None, first_step=counter)
+        r["flops"] = counter.flops
+    r["img_per_s"] = bs / r["median_s"]
+    r["peak_rss_mb"] = _peak_rss_mb()
+    return r
+
+
+def _ssl_inputs(spec, np):
+    rng = np.random.RandomState(0)
+    bs, g, l_, n_local, ps = spec["batch"], spec["global"], spec["local"], spec["n_local"], spec["patch"]
+    crops = [rng.randn(bs, 3, g, g).astype("float32") for _ in range(2)]
+    crops += [rng.randn(bs, 3, l_, l_).astype("float32") for _ in range(n_local)]
+    grid = g // ps
+    masks = [rng.rand(bs, grid, grid) < 0.3 for _ in range(2)]  # iBOT masks ~30% of the patches
+    return crops, masks
+
+
+def worker_ssl(spec):
+    import numpy as np
+    crops_np, masks_np = _ssl_inputs(spec, np)
+    if spec["framework"] == "jittor":
+        jt = _jittor(spec["fast"])
+        from jhssl.config import load_config
+        try:
+            from jhssl.methods import build_model
+        except ImportError as exc:
+            return {"unavailable": f"jhssl.methods not available yet: {exc}"}
+        heads = spec["heads"]
+        overrides = [f"model.arch={spec['arch']}", f"model.patch_size={spec['patch']}",
+                     f"data.global_crop_size={spec['global']}", f"data.local_crop_size={spec['local']}",
+                     f"data.local_crops_number={spec['n_local']}", f"batch_size={spec['batch']}",
+                     "model.drop_path_rate=0.0", "method=ibot"]
+        overrides += ["hssl=null"] if not heads else [f"hssl.heads=[{','.join(heads)}]", "hssl.depth=3"]
+        cfg = load_config(None, overrides)
+        method = build_model(cfg)
+        swapped = sum(_use_fast_norm(net) for net in (method.student, method.teacher)) if spec.get("fast_norm") else 0
+        params = [p for p in method.student.parameters() if not p.is_stop_grad()]
+        opt = jt.optim.AdamW(params, lr=5e-4)
+        crops = [jt.array(c) for c in crops_np]
+        masks = [jt.array(m) for m in masks_np]
+        rss_built = _peak_rss_mb()
+
+        def step():
+            parts = method.compute_loss(crops, masks, 0)
+            opt.step(parts["loss"])
+            method.ema_update(0.996)
+
+        r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
+        r["fast_norms"] = swapped
+    else:
+        if spec["heads"] not in ([], ["convnext"]):
+            return {"unavailable": "the torch twin has the ConvNext head only"}
+        import torch
+        from benchmarks.torch_models import TorchHSSL
+        torch.manual_seed(0)
+        model = TorchHSSL(spec["arch"], spec["patch"], spec["global"], hssl=bool(spec["heads"]), out_dim=8192,
+                          hidden_dim=2048, bottleneck_dim=256, nlayers=3, n_local=spec["n_local"])
+        crops = [torch.from_numpy(c) for c in crops_np]
+        masks = [torch.from_numpy(m) for m in masks_np]
+        rss_built = _peak_rss_mb()
+        counter = _TorchFlops(lambda: model.step(crops, masks))
+        r = _time_steps(lambda: model.step(crops, masks), spec["warmup"], spec["iters"], lambda: None,
+                        first_step=counter)
+        r["flops"] = counter.flops
+    r["peak_rss_mb"] = _peak_rss_mb()
+    r["rss_after_build_mb"] = rss_built
+    return r
+
+
+WORKERS = {"gemm": worker_gemm, "attention": worker_attention, "layernorm": worker_layernorm, "vit": worker_vit, "ssl": worker_ssl}
+
+
+def worker_main(spec_json):
+    spec = json.loads(spec_json)
+    try:
+        res = WORKERS[spec["kind"]](spec)
+    except Exception as exc:  # reported as a row, the suite goes on
+        res = {"error": f"{type(exc).__name__}: {exc}"}
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+# ============================================================================ driver side
+def run_worker(spec, timeout, omp_wait_policy):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    env = dict(os.environ)
+    env.setdefault("log_silent", "1")
+    if omp_wait_policy != "inherit":
+        # Both frameworks use GNU OpenMP. On cores shared with other processes, threads that
+        # spin-wait at barriers (the ACTIVE default) while their peers are descheduled slow
+        # every parallel region by 2-10x; PASSIVE waiting avoids that.
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
+    t = time.time()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout}s"}
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            res = json.loads(line[7:])
+            res["wall_s"] = time.time() - t
+            return res
+    tail = (p.stderr or p.stdout)[-600:]
+    return {"error": f"worker exited {p.returncode}: {tail}"}
+
+
+def machine_info():
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cores = os.cpu_count() or 1
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    return {"cpu": model, "cores": cores, "slug": f"{slug}-{cores}c", "python": platform.python_version()}
+
+
+def versions():
+    out = {}
+    for mod in ("jittor", "torch", "numpy"):
+        try:
+            out[mod] = subprocess.run([sys.executable, "-c", f"import {mod}; print({mod}.__version__)"],
+                                      capture_output=True, text=True, timeout=120).stdout.strip().splitlines()[-1]
+        except Exception:  # a missing framework is a row, not a crash
+            out[mod] = "not installed"
+    return out
+
+
+def gpu_visible():
+    from jhssl import bootstrap
+    return bootstrap.gpu_visible()
+
+
+def plan(quick):
+    """Every measurement, as (section, label, spec)."""
+    it = 3 if quick else 5
+    P = []
+    gemm = [("gemm", "oneDNN GEMM 1024^2 (Jittor mkl_matmul)", dict(kind="gemm", framework="jittor", iters=10)),
+            ("gemm", "torch GEMM 1024^2", dict(kind="gemm", framework="torch", iters=10))]
+    P += gemm
+    for name, shape in (("ViT-T/4-32 b64", [64, 3, 65, 64]), ("ViT-S/16-224 b8", [8, 6, 197, 64])):
+        for fast in (False, True):
+            P.append(("attention", f"{name} {'fast' if fast else 'plain'}",
+                      dict(kind="attention", shape=shape, fast=fast, iters=5 if quick else 10)))
+    for name, shape in (("ViT-T/4-32 b64", [64, 65, 192]), ("ViT-S/16-224 b8", [8, 197, 384])):
+        for fast in (False, True):
+            P.append(("layernorm", f"LN {name} {'fast' if fast else 'plain'}",
+                      dict(kind="layernorm", shape=shape, fast=fast, iters=5 if quick else 10)))
+    vits = [("ViT-T/4 @32 b64", "vit_tiny", 4, 32, 64), ("ViT-S/16 @224 b8", "vit_small", 16, 224, 8)]
+    for name, arch, ps, img, bs in vits:
+        base = dict(kind="vit", arch=arch, patch=ps, img=img, batch=bs, warmup=2, iters=it)
+        P.append(("vit", f"{name} jittor fast", dict(base, framework="jittor", fast=True)))
+        P.append(("vit", f"{name} jittor fast+LN", dict(base, framework="jittor", fast=True, fast_norm=True)))
+        P.append(("vit", f"{name} jittor plain", dict(base, framework="jittor", fast=False)))
+        P.append(("vit", f"{name} torch", dict(base, framework="torch")))
+    if quick:
+        ssl = dict(kind="ssl", arch="vit_tiny", patch=4, local=16, n_local=2, batch=8, warmup=2, iters=2)
+        ssl["global"] = 32
+    else:
+        ssl = dict(kind="ssl", arch="vit_small", patch=16, local=96, n_local=2, batch=8, warmup=2, iters=3)
+        ssl["global"] = 224
+    ssl["fast"] = True
+    ssl["fast_norm"] = True
+    P.append(("ssl", "baseline jittor", dict(ssl, framework="jittor", heads=[])))
+    P.append(("ssl", "hssl-convnext jittor", dict(ssl, framework="jittor", heads=["convnext"])))
+    P.append(("ssl", "hssl-6heads jittor", dict(ssl, framework="jittor", heads=SIX_HEADS)))
+    P.append(("ssl", "baseline torch", dict(ssl, framework="torch", heads=[])))
+    P.append(("ssl", "hssl-convnext torch", dict(ssl, framework="torch", heads=["convnext"])))
+    batches = [16, 64] if quick else [8, 16, 32, 64, 128]
+    imgs = [48] if quick else [32, 64, 96]
+    for b in batches:
+        P.append(("scaling", f"batch {b} (ViT-T/4 @32)", dict(kind="vit", framework="jittor", fast=True,
+                                                              arch="vit_tiny", patch=4, img=32, batch=b,
+                                                              warmup=2, iters=it)))
+    for sz in imgs:
+        P.append(("scaling", f"image {sz} (ViT-T/4 b16)", dict(kind="vit", framework="jittor", fast=True,
+                                                              arch="vit_tiny", patch=4, img=sz, batch=16,
+                                                              warmup=2, iters=it)))
+    # The GEMM peak again at the end: the cores are shared, so the peak is the best of both.
+    P += [(sec, label + " (end)", spec) for sec, label, spec in gemm]
+    return P
+
+
+def merge_rounds(rounds):
+    """Per label, keep the round with the lowest median time (least disturbed by other processes)."""
+    best = {}
+    for results in rounds:
+        for r in results:
+            cur = best.get(r["label"])
+            t = r["result"].get("median_s")
+            if cur is None or (t is not None and (cur["result"].get("median_s") is None
+                                                  or t < cur["result"]["median_s"])):
+                best[r["label"]] = r
+    order = [r["label"] for r in rounds[0]]
+    return [best[k] for k in order]
+
+
+def _fmt(x, nd=2):
+    return "" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _load(v):
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
+
+
+def _ratio(a, b):
+    return a / b if (a is not None and b) else None
+
+
+def summarize(results, meta):
+    """Derived figures (issue 7 goals) and the markdown report."""
+    R = {r["label"]: r["result"] for r in results}
+
+    def get(label, key):
+        v = R.get(label, {})
+        return v.get(key) if isinstance(v, dict) else None
+
+    gemm_runs = [get(lbl, "gflops") for lbl in ("oneDNN GEMM 1024^2 (Jittor mkl_matmul)",
+                                                "oneDNN GEMM 1024^2 (Jittor mkl_matmul) (end)")]
+    gemm_peak = max([g for g in gemm_runs if g], default=None)
+    base_t, hssl_t = get("baseline jittor", "median_s"), get("hssl-convnext jittor", "median_s")
+    six_t = get("hssl-6heads jittor", "median_s")
+    torch_hssl_t = get("hssl-convnext torch", "median_s")
+    flops = get("hssl-convnext torch", "flops")
+    figures = {
+        "hssl_over_baseline_step": (_ratio(hssl_t, base_t), "<= 1.05", "1.09 to 1.14"),
+        "hssl_over_baseline_peak_rss": (_ratio(get("hssl-convnext jittor", "peak_rss_mb"),
+                                               get("baseline jittor", "peak_rss_mb")), "<= 1.08", "1.12 to 1.17"),
+        "six_head_search_over_one_head_step": (_ratio(six_t, hssl_t), "<= 1.2", "1.4"),
+        "jittor_over_torch_hssl_throughput": (_ratio(torch_hssl_t, hssl_t), ">= 1.2", "1.0"),
+        "hssl_step_flops_over_gemm_peak": (_ratio(flops / hssl_t / 1e9 if flops and hssl_t else None, gemm_peak),
+                                           ">= 0.60", "torch 0.45 to 0.60"),
+        "torch_hssl_step_flops_over_gemm_peak": (
+            _ratio(flops / torch_hssl_t / 1e9 if flops and torch_hssl_t else None, gemm_peak), "", ""),
+    }
+    md = [f"# Benchmarks {meta['date']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores)", "",
+          f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
+          f"Mode: {'quick' if meta['quick'] else 'full'}; SSL setting: {meta['ssl_setting']}  ",
+          f"Times are medians after warm-up, best of {meta['rounds']} round(s). fp32. "
+          f"OMP_WAIT_POLICY={meta['omp_wait_policy']} for both frameworks. GPU: {meta['gpu']}  ",
+          f"Load average (1/5/15 min) at start {_load(meta.get('loadavg_start'))}, at end "
+          f"{_load(meta.get('loadavg_end'))}: other processes shared the cores, so absolute numbers are "
+          "pessimistic; ratios come from runs under the same load.", "",
+          "## Goals (issue 7)", "", "| figure | measured | goal | paper / anchor |", "|---|---|---|---|"]
+    for k, (v, goal, anchor) in figures.items():
+        md.append(f"| {k} | {_fmt(v, 3) if v is not None else 'n/a'} | {goal} | {anchor} |")
+    md += ["", f"GEMM peak (oneDNN 1024^2): {_fmt(gemm_peak, 1)} GFLOP/s; HSSL step FLOPs (torch FlopCounterMode, "
+           f"GEMM+conv only): {_fmt(flops / 1e9 if flops else None, 1)} GFLOP", ""]
+
+    md += ["## Attention forward+backward (one layer)", "", "| shape | plain ms | fast ms | speedup |", "|---|---|---|---|"]
+    for name in ("ViT-T/4-32 b64", "ViT-S/16-224 b8"):
+        p, f = get(f"{name} plain", "median_s"), get(f"{name} fast", "median_s")
+        md.append(f"| {name} | {_fmt(p and p * 1e3, 1)} | {_fmt(f and f * 1e3, 1)} | {_fmt(_ratio(p, f))} |")
+    md += ["", "## LayerNorm forward+backward (one layer; models.layers.fast_norm)", "",
+           "| shape | plain ms | fast ms | speedup |", "|---|---|---|---|"]
+    for name in ("ViT-T/4-32 b64", "ViT-S/16-224 b8"):
+        p, f = get(f"LN {name} plain", "median_s"), get(f"LN {name} fast", "median_s")
+        md.append(f"| {name} | {_fmt(p and p * 1e3, 2)} | {_fmt(f and f * 1e3, 2)} | {_fmt(_ratio(p, f))} |")
+
+    md += ["", "## ViT forward+backward+AdamW (img/s)", "",
+           "| model | Jittor fast | Jittor fast+LN | Jittor plain | torch CPU | Jittor best / torch | "
+           "GFLOP/s Jittor best | GFLOP/s torch |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name in ("ViT-T/4 @32 b64", "ViT-S/16 @224 b8"):
+        jf, jl, jp, tt = (get(f"{name} {s}", "img_per_s")
+                          for s in ("jittor fast", "jittor fast+LN", "jittor plain", "torch"))
+        fl = get(f"{name} torch", "flops")
+        best = max([v for v in (jf, jl) if v], default=None)
+        t_s = get(f"{name} torch", "median_s")
+        jt_s = (tt * t_s / best) if (best and tt and t_s) else None  # batch / best img/s
+        md.append(f"| {name} | {_fmt(jf, 1)} | {_fmt(jl, 1)} | {_fmt(jp, 1)} | {_fmt(tt, 1)} | {_fmt(_ratio(best, tt))} | "
+                  f"{_fmt(fl / jt_s / 1e9 if fl and jt_s else None, 1)} | {_fmt(fl / t_s / 1e9 if fl and t_s else None, 1)} |")
+
+    md += ["", "## iBOT training step (teacher fwd, student fwd+bwd, AdamW, EMA)", "",
+           "| config | step s | peak RSS MB | RSS after build MB | note |", "|---|---|---|---|---|"]
+    for label in ("baseline jittor", "hssl-convnext jittor", "hssl-6heads jittor", "baseline torch",
+                  "hssl-convnext torch"):
+        r = R.get(label, {})
+        note = r.get("unavailable") or r.get("error") or ""
+        md.append(f"| {label} | {_fmt(r.get('median_s'), 3)} | {_fmt(r.get('peak_rss_mb'), 0)} | "
+                  f"{_fmt(r.get('rss_after_build_mb'), 0)} | {note[:120]} |")
+
+    md += ["", "## Scaling (Jittor fast, ViT-T/4, forward+backward+AdamW)", "", "| setting | step s | img/s |",
+           "|---|---|---|"]
+    for r in results:
+        if r["section"] == "scaling":
+            v = r["result"]
+            md.append(f"| {r['label']} | {_fmt(v.get('median_s'), 3)} | {_fmt(v.get('img_per_s'), 1)} |")
+
+    md += ["", "## GPU", "", "| figure | value |", "|---|---|",
+           "| ViT-S/16 iBOT+HSSL img/s, batch 64 | |", "| peak GPU memory | |", "",
+           f"{meta['gpu']}", ""]
+    errors = [f"- {r['label']}: {r['result'].get('error') or r['result'].get('unavailable')}" for r in results
+              if r["result"].get("error") or r["result"].get("unavailable")]
+    if errors:
+        md += ["## Rows not measured", ""] + errors + [""]
+    return {k: v[0] for k, v in figures.items()}, "\n".join(md)
+
+
+def _atomic_write(path, text):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small settings, about 5 minutes with a warm cache")
+    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    ap.add_argument("--only", default=None, help="run only sections matching this regex (e.g. 'attention|gemm')")
+    ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="repeat the whole plan; each figure keeps its least disturbed round (default 1 quick, 2 full)")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE", "inherit"),
+                    help="OMP_WAIT_POLICY for every worker, Jittor and torch alike (default PASSIVE)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker_main(args.worker)
+
+    gpu = gpu_visible()
+    meta = {
+        "date": datetime.datetime.utcnow().strftime("%Y-%m-%d"),
+        "time_utc": datetime.datetime.utcnow().strftime("%H:%M:%S"),
+        "machine": machine_info(), "versions": versions(), "quick": args.quick,
+        "command": "python benchmarks/run.py" + (" --quick" if args.quick else ""),
+        "omp_wait_policy": args.omp_wait_policy if args.omp_wait_policy != "inherit"
+        else os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "gpu": ("CUDA visible: GPU rows not implemented in this run" if gpu else
+                "no GPU in this task: GPU rows left empty"),
+    }
+    meta["loadavg_start"] = os.getloadavg()
+    P = plan(args.quick)
+    ssl_spec = next(s for sec, _, s in P if sec == "ssl")
+    meta["ssl_setting"] = (f"{ssl_spec['arch']}/{ssl_spec['patch']}, 2 global {ssl_spec['global']}px + "
+                           f"{ssl_spec['n_local']} local {ssl_spec['local']}px, batch {ssl_spec['batch']}, "
+                           "out_dim 8192, ConvNext head depth 3; Jittor with fast kernels and the fused "
+                           "LayerNorm swapped in (models.layers.fast_norm)")
+    if args.only:
+        P = [p for p in P if re.search(args.only, p[0])]
+    rounds = args.rounds or (1 if args.quick else 2)
+    if rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
+    meta["rounds"] = rounds
+    all_rounds = []
+    t0 = time.time()
+    for rnd in range(rounds):
+        results = []
+        for section, label, spec in P:
+            res = run_worker(spec, args.timeout, args.omp_wait_policy)
+            results.append({"section": section, "label": label, "spec": spec, "result": res})
+            short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items() if k != "times_s"}
+            print(f"[{time.time() - t0:6.0f}s] round {rnd + 1} {section:9s} {label:40s} {short}", flush=True)
+        all_rounds.append(results)
+    results = merge_rounds(all_rounds)
+    meta["loadavg_end"] = os.getloadavg()
+    figures, md = summarize(results, meta)
+    meta["total_wall_s"] = time.time() - t0
+    stem = os.path.join(args.out, f"{meta['date']}-{meta['machine']['slug']}" + ("-quick" if args.quick else ""))
+    _atomic_write(stem + ".json", json.dumps({"meta": meta, "figures": figures, "results": results}, indent=1))
+    _atomic_write(stem + ".md", md)
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()

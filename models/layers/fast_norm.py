@@ -1,0 +1,41 @@
+"""LayerNorm over the last axis with a fused CPU kernel (drop-in for ``jittor.nn.LayerNorm``).
+
+Same parameters and keys (``weight``, ``bias``, shape (C,)), same initialisation and result as
+``jt.nn.LayerNorm(C, eps)``. On the CPU with fast kernels on (``jhssl.perf``) the forward pass and
+its gradients are single-pass kernels (``kernels/cpu_layer_norm*_op.cc``); otherwise, or for
+non-float32 input, it is Jittor's own LayerNorm (the reference path; on CUDA Jittor fuses it well).
+"""
+from jhssl import bootstrap  # noqa: F401  (sets Jittor's env before jittor is imported)
+import jittor as jt
+from jittor import nn
+
+from jhssl import perf
+
+
+def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float = 1e-5) -> jt.Var:
+    """LayerNorm of ``x`` over its last axis with affine ``weight``/``bias`` of shape (C,)."""
+    if (not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32
+            and weight.dtype == jt.float32 and bias.dtype == jt.float32 and x.numel() > 0):
+        from . import kernels  # lazy: compiled at first use
+        ops = kernels.cpu_ops()
+        if ops is not None:
+            return ops.cpu_layer_norm(x, weight, bias, float(eps))
+    return nn.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+class LayerNorm(nn.Module):
+    """``jt.nn.LayerNorm(dim, eps)`` over the last axis, with the fused CPU kernel when enabled."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"LayerNorm dim must be a positive int (last axis only), got {dim!r}")
+        self.normalized_shape = (dim,)
+        self.eps = float(eps)
+        self.weight = jt.ones((dim,))
+        self.bias = jt.zeros((dim,))
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        if x.shape[-1] != self.normalized_shape[0]:
+            raise ValueError(f"LayerNorm({self.normalized_shape[0]}) got input with last axis {x.shape[-1]}")
+        return layer_norm(x, self.weight, self.bias, self.eps)

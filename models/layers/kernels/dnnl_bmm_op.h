@@ -1,0 +1,26 @@
+// Batched matrix multiply on the CPU through oneDNN's matmul primitive.
+//
+// Jittor's own CPU path for 3-D/4-D matmuls is a broadcast-multiply-reduce
+// kernel; only 2-D products reach oneDNN (mkl_matmul). Attention needs
+// (B*H, N, D) x (B*H, D, N) products, so this op hands the whole batch to a
+// single oneDNN matmul primitive, which threads over the batch itself.
+#pragma once
+#include "op.h"
+#include "var.h"
+
+namespace jittor {
+
+struct DnnlBmmOp : Op {
+    Var* a, * b, * c;
+    // Transposes are expressed as strides in the oneDNN memory descriptors,
+    // so k^T and the transposed operands of the gradients are never copied.
+    bool trans_a, trans_b;
+    DnnlBmmOp(Var* a, Var* b, bool trans_a, bool trans_b);
+
+    const char* name() const override { return "dnnl_bmm"; }
+    void infer_shape() override;
+    VarPtr grad(Var* out, Var* dout, Var* v, int v_index) override;
+    DECLARE_jit_run;
+};
+
+} // jittor
