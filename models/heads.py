@@ -59,6 +59,7 @@ from .layers.residual import Affine, BatchNorm2d, CrossPatchLinear, DropPath, to
 from .resmlp import ChannelMlp
 from .swin import SHIFT_MASK_VALUE, WindowAttention, shift_window_mask, window_partition, window_reverse
 from .vit import Attention
+from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
 
 HEAD_ARCHS = ("convnext", "resnet", "resmlp", "poolformer", "vit", "swin")
 HEAD_LN_EPS = 1e-6
@@ -120,7 +121,7 @@ class ConvNextHeadBlock(HeadBlock):
     def __init__(self, dim, shortcut, drop_path, kernel_size=7):
         super().__init__(shortcut, drop_path)
         self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.norm = LayerNorm(dim, eps=1e-5)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.pwconv2 = nn.Linear(4 * dim, dim)
 
@@ -244,9 +245,9 @@ class ViTHeadBlock(HeadBlock):
     def __init__(self, dim, shortcut, drop_path, num_heads=None, mlp_ratio=4.0):
         super().__init__(shortcut, drop_path)
         num_heads = num_heads or _default_heads(dim, 64)
-        self.norm1 = nn.LayerNorm(dim, eps=HEAD_LN_EPS)
+        self.norm1 = LayerNorm(dim, eps=HEAD_LN_EPS)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, eps=HEAD_LN_EPS)
+        self.norm2 = LayerNorm(dim, eps=HEAD_LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def mixer(self, x):
@@ -292,9 +293,9 @@ class SwinHeadBlock(HeadBlock):
         num_heads = num_heads or _default_heads(dim, 32)
         self.window_size = int(window_size)
         self.shift_size = self.window_size // 2 if block_index % 2 == 1 else 0
-        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm1 = LayerNorm(dim, eps=1e-5)
         self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.norm2 = LayerNorm(dim, eps=1e-5)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def mixer(self, x):
@@ -375,7 +376,7 @@ class AuxHead(nn.Module):
             extra = {"block_index": i} if arch == "swin" else {}
             blocks.append(cls(dim, shortcut=(i > 0 or self.first_shortcut), drop_path=dpr[i], **extra, **own))
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.LayerNorm(dim, eps=HEAD_LN_EPS)
+        self.norm = LayerNorm(dim, eps=HEAD_LN_EPS)
         _trunc_normal_linears(self)
 
     def forward_tokens(self, tokens, grid):

@@ -19,6 +19,7 @@ from .layers.attention import scaled_dot_product_attention
 from .layers.residual import DropPath, check_image
 from .registry import register_model
 
+from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
 
 def _to_map(x, grid):
     """(B, N, C) -> (B, C, H, W)."""
@@ -36,7 +37,7 @@ class OverlapPatchEmbed(nn.Module):
     def __init__(self, in_chans, dim, patch_size, stride):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=stride, padding=patch_size // 2)
-        self.norm = nn.LayerNorm(dim, eps=1e-5)
+        self.norm = LayerNorm(dim, eps=1e-5)
 
     def execute(self, x):
         x = self.proj(x)
@@ -58,7 +59,7 @@ class SRAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim, eps=1e-5)
+            self.norm = LayerNorm(dim, eps=1e-5)
 
     def execute(self, x, grid):
         B, N, C = x.shape
@@ -88,10 +89,10 @@ class DWConvMlp(nn.Module):
 class PVTBlock(nn.Module):
     def __init__(self, dim, num_heads, mlp_ratio, sr_ratio, drop_path=0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim, eps=1e-6)
         self.attn = SRAttention(dim, num_heads, sr_ratio)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.mlp = DWConvMlp(dim, int(dim * mlp_ratio))
 
     def execute(self, x, grid):
@@ -106,7 +107,7 @@ class PVTStage(nn.Module):
         # with a stride-2 overlapping embedding named ``downsample``.
         self.downsample = None if first else OverlapPatchEmbed(in_dim, dim, 3, 2)
         self.blocks = nn.ModuleList([PVTBlock(dim, num_heads, mlp_ratio, sr_ratio, dpr[i]) for i in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6)
 
     def execute(self, x, grid=None):
         """x: (B, C, H, W) map, or (B, N, C) tokens with their grid for stage 0 -> pre-norm tokens, grid."""

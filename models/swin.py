@@ -31,6 +31,7 @@ from .layers import DropPath, Mlp, PatchEmbed, apply_mask_token, init_linear_and
 from .layers.attention import scaled_dot_product_attention
 from .registry import register_model
 
+from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
 SHIFT_MASK_VALUE = -100.0  # the original Swin's additive mask value; exp(-100) underflows to 0 after softmax
 
 
@@ -178,9 +179,9 @@ class SwinTransformerBlock(nn.Module):
         super().__init__()
         self.window_size = int(window_size)
         self.shift_size = self.window_size // 2 if shifted else 0
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
@@ -230,7 +231,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.dim = dim
         self.out_dim = out_dim or 2 * dim
-        self.norm = nn.LayerNorm(4 * dim, eps=norm_eps)
+        self.norm = LayerNorm(4 * dim, eps=norm_eps)
         self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
 
     def execute(self, x: jt.Var) -> jt.Var:
@@ -280,7 +281,7 @@ class SwinTransformer(nn.Module):
         self.num_features = dims[-1]
         self.window_size = window_size
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
-                                      norm_layer=lambda d: nn.LayerNorm(d, eps=1e-5))
+                                      norm_layer=lambda d: LayerNorm(d, eps=1e-5))
         ph, pw = self.patch_embed.patch_size
         self.patch_size = ph if ph == pw else (ph, pw)  # an int for square patches, as DINO's models expose
         self.feature_stride = ph * 2 ** (self.num_layers - 1)  # input pixels per last-stage token
@@ -297,7 +298,7 @@ class SwinTransformer(nn.Module):
             start += depth
             in_dim = dims[i]
         self.layers = nn.ModuleList(layers)
-        self.norm = nn.LayerNorm(self.num_features, eps=1e-5)
+        self.norm = LayerNorm(self.num_features, eps=1e-5)
         init_linear_and_norm(self.layers, std=0.02)
         init_linear_and_norm(self.norm)
         init_linear_and_norm(self.patch_embed.norm)

@@ -18,6 +18,7 @@ from .layers import DropPath, Mlp, PatchEmbed, apply_mask_token, init_linear_and
 from .layers.attention import scaled_dot_product_attention
 from .registry import register_model
 
+from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
 LN_EPS = 1e-6  # timm's ViT uses LayerNorm(eps=1e-6)
 
 
@@ -48,9 +49,9 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_path: float = 0.0, norm_eps: float = LN_EPS):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=nn.GELU)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
@@ -87,7 +88,7 @@ class VisionTransformer(nn.Module):
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_path=rates[i]) for i in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        self.norm = LayerNorm(embed_dim, eps=LN_EPS)
 
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)

@@ -5,6 +5,8 @@ import jhssl  # noqa: F401
 import jittor as jt
 from jittor import nn
 
+from .fast_norm import LayerNorm
+
 
 def trunc_normal_(var: jt.Var, std: float = 1.0, mean: float = 0.0, a: float = -2.0, b: float = 2.0) -> jt.Var:
     """In-place truncated normal; ``a``/``b`` are absolute cut-offs as in timm (so std=.02 is barely cut)."""
@@ -18,7 +20,7 @@ def init_linear_and_norm(module: nn.Module, std: float = 0.02) -> None:
             trunc_normal_(m.weight, std=std)
             if m.bias is not None:
                 m.bias.assign(jt.zeros_like(m.bias))
-        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+        elif isinstance(m, LayerNorm) or (isinstance(m, nn.LayerNorm) and m.elementwise_affine):
             m.weight.assign(jt.ones_like(m.weight))
             m.bias.assign(jt.zeros_like(m.bias))
 
