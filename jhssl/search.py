@@ -16,8 +16,11 @@ One training run with *all* candidate heads in parallel on the same base model:
   recommended head is ``argmax_i D_i``.
 
 The search model is a :mod:`jhssl.methods`-compatible method object (``student``, ``teacher``,
-``loss``, ``compute_loss(crops, masks, epoch)``, ``ema_update``), so the trainer's step machinery
-trains it unchanged.
+``loss``, ``compute_loss(crops, masks, epoch)``, ``ema_update``), so it is trained by the normal
+training loop, ``jhssl.train.train(cfg, method=search)``: same optimiser, schedules, clipping,
+EMA, checkpoints (``resume``), logs and MPI data parallelism as a single-head run. Under mpirun
+the held-out images for D are sharded over the ranks (rank r measures images r, r+W, ...) and the
+per-head sums and the image count are totalled with ``jhssl.dist.all_reduce_np``.
 """
 from jhssl import bootstrap  # noqa: F401
 
@@ -25,6 +28,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -35,10 +39,11 @@ from jittor import nn
 from jhssl.config import HEAD_ARCHS, ConfigError
 from jhssl.methods.losses import SelfDistillationLoss
 from jhssl.methods.selfdistill import SelfDistillation, build_model
-from jhssl import metrics
+from jhssl import dist, metrics
 
 __all__ = ["SearchNetwork", "SearchMethod", "build_search", "check_search_config", "candidate_config",
-           "discrepancies", "rank_heads", "write_results", "run_search", "time_search_vs_single"]
+           "shard_indices", "heldout_batches", "discrepancies", "rank_heads", "write_results", "run_search",
+           "time_search_vs_single"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -148,6 +153,10 @@ class SearchMethod(SelfDistillation):
     so a search with one candidate computes the same loss as an HSSL run with that head.
     """
 
+    # jhssl.train's per-epoch base/head discrepancy log (Eq. 5, CKA, Procrustes) measures one head;
+    # the search ranks its candidates with D_i (Eq. 8) after training instead
+    per_epoch_discrepancy = False
+
     def __init__(self, cfg, student: SearchNetwork, teacher: SearchNetwork, losses: Sequence[SelfDistillationLoss]):
         self.bank = _LossBank(losses)
         super().__init__(cfg, student, teacher, self.bank)
@@ -202,6 +211,24 @@ def final_teacher_temp(loss: SelfDistillationLoss) -> float:
     return float(loss.teacher_temps[-1])
 
 
+def shard_indices(n: int, rank: Optional[int] = None, world: Optional[int] = None) -> range:
+    """This rank's share of ``n`` held-out images: ``rank, rank + world, ...`` (default: the MPI
+    rank and world size). Over all ranks every index is taken exactly once; Jittor's own loader
+    would instead pad the last batch with images another rank also measures."""
+    w = dist.world_size() if world is None else int(world)
+    r = dist.rank() if rank is None else int(rank)
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"shard_indices: rank {r} is not in [0, {w})")
+    return range(r, int(n), w)
+
+
+def heldout_batches(dataset, indices, batch_size: int):
+    """Images (B, 3, H, W) float32 of ``dataset[i]`` for ``i`` in ``indices``, ``batch_size`` at a time."""
+    idx = list(indices)
+    for s in range(0, len(idx), int(batch_size)):
+        yield np.stack([np.asarray(dataset[i][0], dtype=np.float32) for i in idx[s:s + int(batch_size)]])
+
+
 def discrepancies(method: SearchMethod, batches, max_images: Optional[int] = None) -> Dict[str, float]:
     """D_i = KL(z1^b || z1^{hi}) (Eq. 8) per candidate, averaged over the images in ``batches``.
 
@@ -210,8 +237,12 @@ def discrepancies(method: SearchMethod, batches, max_images: Optional[int] = Non
     ``softmax((z - c_i) / T)`` with the candidate's loss center ``c_i`` and the final teacher
     temperature ``T``, applied to the teacher head's CLS logits and to the teacher base's CLS
     logits through the projection paired with head i. KL is computed in log space.
+
+    Collective under MPI: each rank passes its own shard of the images (``shard_indices``; at
+    most ``max_images`` per rank) and the per-head sums and image counts are totalled over the
+    ranks, so every rank returns the mean over all of them. Alone: the mean over ``batches``.
     """
-    sums = {n: 0.0 for n in method.names}
+    sums = np.zeros(len(method.names), dtype=np.float64)
     count = 0
     method.teacher.eval()
     for batch in batches:
@@ -229,13 +260,15 @@ def discrepancies(method: SearchMethod, batches, max_images: Optional[int] = Non
             c = loss.center.numpy()
             per = metrics.kl_discrepancy_from_logits(t[name]["base_cls"].numpy(), t[name]["head_cls"].numpy(),
                                                      final_teacher_temp(loss), c, c, reduce=False)
-            sums[name] += float(per.sum())
+            sums[i] += float(per.sum())
         count += int(x.shape[0])
         jt.sync_all()
         jt.gc()
+    total = dist.all_reduce_np(np.concatenate([sums, [count]]))
+    sums, count = total[:-1], int(round(total[-1]))
     if count == 0:
         raise ValueError("no held-out images to measure the discrepancy on (empty evaluation set)")
-    return {n: s / count for n, s in sums.items()}
+    return {n: float(v) / count for n, v in zip(method.names, sums)}
 
 
 def rank_heads(d: Dict[str, float]) -> List[Dict]:
@@ -269,13 +302,16 @@ def write_results(out_prefix: str, result: Dict) -> Dict[str, str]:
                   f"held-out images.", ""]
     tm = result.get("timing")
     if tm:
-        lines += [f"Timing on {s.get('device', '?')} (same step function, batch and machine; median of the timed "
-                  f"iterations after {tm['warmup_iters']} warm-up ones, in which Jittor compiles):", "",
+        lines += [f"Timing on {s.get('device', '?')} (short runs of the same training loop, jhssl.train.train, on "
+                  f"the same data, batch and machine; median seconds per iteration, data loading included, "
+                  f"over {tm['iters_timed']} iterations after {tm['warmup_iters']} warm-up ones, in which "
+                  f"Jittor compiles):", "",
                   f"- search with {tm['n_heads']} heads: {tm['search_s_per_iter']:.3f} s/iter",
                   f"- single head ({tm['single_head']}): {tm['single_s_per_iter']:.3f} s/iter",
                   f"- ratio: {tm['ratio']:.2f}x (the paper reports 1.4x for six heads); the search's whole "
-                  f"training took {result.get('train_wall_s', float('nan')):.1f} s, a single-head run of the "
-                  f"same length ~{tm.get('single_run_estimate_s', float('nan')):.1f} s", ""]
+                  f"training took {result.get('train_wall_s', float('nan')):.1f} s (setup, compilation and "
+                  f"checkpoints included), its iterations alone ~{tm.get('search_run_estimate_s', float('nan')):.1f} s "
+                  f"and a single-head run's ~{tm.get('single_run_estimate_s', float('nan')):.1f} s", ""]
     if result.get("notes"):
         lines += ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + [""]
     metrics.atomic_write_text(paths["md"], "\n".join(lines))
@@ -286,149 +322,75 @@ def write_results(out_prefix: str, result: Dict) -> Dict[str, str]:
     return paths
 
 
-# ----------------------------------------------------------------------------- training
-class _Stepper:
-    """The DINO/iBOT optimisation step for any jhssl.methods method object.
-
-    AdamW on the student (no decay on biases and norms), lr = optim.lr * batch / lr_ref_batch
-    with linear warm-up then cosine, weight decay on a cosine, per-parameter gradient clipping,
-    frozen prototypes for the first ``optim.freeze_last_layer`` epochs, teacher EMA on a cosine
-    from ``optim.momentum_teacher`` to 1. Built from :mod:`jhssl.optim` and :mod:`jhssl.schedules`.
-    """
-
-    def __init__(self, cfg, method, niter_per_epoch: int, epochs: int):
-        from jhssl.optim import AdamW, clip_gradients, param_groups
-        from jhssl.schedules import cosine_scheduler
-        self.cfg, self.method = cfg, method
-        o = cfg.optim
-        if o.optimizer != "adamw":
-            raise ConfigError(f"the search supports optim.optimizer=adamw only, got {o.optimizer!r}")
-        self.niter = int(niter_per_epoch)
-        lr = o.lr * cfg.batch_size / o.lr_ref_batch
-        self.lr = cosine_scheduler(lr, o.min_lr, epochs, self.niter, warmup_epochs=min(o.warmup_epochs, epochs))
-        self.wd = cosine_scheduler(o.weight_decay, o.weight_decay_end, epochs, self.niter)
-        self.mom = cosine_scheduler(o.momentum_teacher, 1.0, epochs, self.niter)
-        self.opt = AdamW(param_groups(method.student), lr=0.0)
-        self._clip = clip_gradients
-        self._last_layer = {id(p) for n, p in method.student.named_parameters() if "last_layer" in n}
-
-    def step(self, crops, masks, it: int) -> Dict[str, float]:
-        epoch = it // self.niter
-        i = min(it, len(self.lr) - 1)
-        for g in self.opt.param_groups:
-            g["lr"] = float(self.lr[i])
-            if g.get("regularized", True):
-                g["weight_decay"] = float(self.wd[i])
-        parts = self.method.compute_loss(crops, masks, epoch)
-        loss = parts["loss"]
-        self.opt.backward(loss)
-        if self.cfg.optim.clip_grad > 0:
-            self._clip(self.opt, self.cfg.optim.clip_grad)
-        self.opt.frozen = self._last_layer if epoch < self.cfg.optim.freeze_last_layer else set()
-        self.opt.step()
-        self.method.ema_update(self.mom[i])
-        vals = {k: float(v.item()) for k, v in parts.items()}
-        if not math.isfinite(vals["loss"]):
-            raise FloatingPointError(f"non-finite search loss {vals['loss']} at epoch {epoch}, iteration {it} "
-                                     f"(per head: { {k: v for k, v in vals.items() if k != 'loss'} })")
-        return vals
-
-
-def _to_var(x):
-    return x if isinstance(x, jt.Var) else jt.array(np.asarray(x))
-
-
-def _batches(dataset, epoch: int):
-    """(crops, masks) per batch of a :class:`jhssl.data.PretrainDataset` for ``epoch``."""
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-    for batch in dataset:
-        crops, masks = batch[0], batch[1]
-        crops = [_to_var(c) for c in crops]
-        masks = [_to_var(m) for m in masks] if masks is not None and len(masks) else None
-        yield crops, masks
-
-
-def train(cfg, method, dataset, max_iters: Optional[int] = None, log=print, progress: bool = True):
-    """Train ``method`` for ``cfg.epochs`` epochs (or ``max_iters`` iterations) on ``dataset``.
-
-    Returns ``(history, seconds_per_iteration list, wall seconds)``.
-    """
-    niter = dataset.total_len // cfg.batch_size
-    if niter <= 0:
-        raise ValueError(f"the search's training set has {dataset.total_len} images, fewer than "
-                         f"batch_size={cfg.batch_size}: no full batch can be formed")
-    total = cfg.epochs * niter if max_iters is None else min(int(max_iters), cfg.epochs * niter)
-    stepper = _Stepper(cfg, method, niter, cfg.epochs)
-    history, times = [], []
-    t_start = time.time()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc="search", dynamic_ncols=True)
-    it = 0
-    for epoch in range(cfg.epochs):
-        if it >= total:
-            break
-        for crops, masks in _batches(dataset, epoch):
-            if it >= total:
-                break
-            t0 = time.time()
-            vals = stepper.step(crops, masks, it)
-            jt.sync_all()
-            times.append(time.time() - t0)
-            history.append({"it": it, "epoch": epoch, **vals})
-            if bar is not None:
-                bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{stepper.lr[min(it, len(stepper.lr) - 1)]:.1e}")
-                bar.update(1)
-            it += 1
-            if it % 10 == 0:
-                jt.gc()
-    if bar is not None:
-        bar.close()
-    return history, times, time.time() - t_start
-
-
 # ----------------------------------------------------------------------------- timing
-def _fixed_batch(dataset):
-    for crops, masks in _batches(dataset, 0):
-        return crops, masks
-    raise ValueError("the training set yields no batch")
+def _steps_since(log_path: str, offset: int) -> List[Dict]:
+    """The ``step`` records appended to ``log_path`` after byte ``offset`` (rank 0's log)."""
+    if not os.path.isfile(log_path):
+        return []
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode("utf-8").splitlines()
+    return [r for r in (json.loads(x) for x in lines if x.strip()) if r.get("type") == "step"]
 
 
-def _time_steps(cfg, method, batch, n_iters: int, warmup: int) -> List[float]:
-    stepper = _Stepper(cfg, method, niter_per_epoch=max(n_iters + warmup, 1), epochs=1)
-    crops, masks = batch
-    out = []
-    for it in range(warmup + n_iters):
-        t0 = time.time()
-        stepper.step(crops, masks, it)
-        jt.sync_all(True)
-        if it >= warmup:
-            out.append(time.time() - t0)
-    jt.gc()
-    return out
+def _timed_train(cfg, out_dir: str, n_iters: int, warmup: int, build=None) -> List[float]:
+    """Seconds of each of ``n_iters`` iterations of :func:`jhssl.train.train` on ``cfg``'s data,
+    after ``warmup`` iterations (Jittor compiles kernels on first use).
+
+    The loop is the real one, logging every iteration (``log_freq=1``): one iteration's time is
+    ``batch_size / img_per_s`` of its log record, i.e. loading the batch, forward, backward,
+    clipping, AdamW, EMA and the per-iteration loss read-out; no evaluation, and checkpoints
+    (written between log records) are not counted. ``out_dir`` is scratch, removed afterwards.
+    ``build(cfg)`` makes the method (default: ``build_model``), from the timing run's config
+    (its ``epochs`` may be raised so that enough iterations exist). Collective under MPI; every
+    rank returns rank 0's times.
+    """
+    from jhssl.data import build_pretrain_dataset
+    from jhssl.train import train
+    c = copy.deepcopy(cfg)
+    c.output_dir = out_dir
+    c.log_freq, c.eval_every, c.save_every_iters, c.saveckp_freq, c.keep_last = 1, 0, 0, 0, 1
+    need = warmup + n_iters
+    niter = build_pretrain_dataset(c).total_len // c.batch_size
+    c.epochs = max(int(c.epochs), -(-need // max(niter, 1)))  # enough epochs for the timed iterations
+    if dist.is_main() and os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    try:
+        train(c, resume=None, max_iters=need, log=lambda *a: None, progress=False,
+              method=None if build is None else build(c), evaluate=False)
+        times = None
+        if dist.is_main():
+            steps = sorted(_steps_since(os.path.join(out_dir, "log.jsonl"), 0), key=lambda r: r["iteration"])
+            times = [c.batch_size / r["img_per_s"] for r in steps][warmup:]
+    finally:
+        if dist.is_main():
+            shutil.rmtree(out_dir, ignore_errors=True)
+    times = dist.broadcast_object(times)
+    if not times:
+        raise RuntimeError(f"timing: no iteration after the {warmup} warm-up ones was logged")
+    return times
 
 
-def time_search_vs_single(cfg, dataset, heads: Sequence[str], n_iters: int = 5, warmup: int = 2,
+def time_search_vs_single(cfg, heads: Sequence[str], n_iters: int = 5, warmup: int = 2,
                           single_head: Optional[str] = None) -> Dict:
     """Seconds per training iteration: the search (all ``heads``) vs one HSSL head alone.
 
-    Both run the same optimisation step (:class:`_Stepper`) on the same fixed batch, on this
-    machine, after ``warmup`` iterations (Jittor compiles kernels on first use). The single-head
-    model is the normal HSSL method (``jhssl.methods.build_model``) with ``single_head``
-    (default: the first candidate) at the search's depth.
+    Both are short runs of the same training loop (:func:`jhssl.train.train`, see
+    :func:`_timed_train`) on the same data, batch and machine; the single-head model is the
+    normal HSSL method (``jhssl.methods.build_model``) with ``single_head`` (default: the first
+    candidate) at the search's depth. Medians over the ``n_iters`` iterations after ``warmup``.
     """
     if n_iters <= 0:
         raise ValueError(f"timing needs n_iters > 0, got {n_iters}")
     single_head = single_head or heads[0]
-    batch = _fixed_batch(dataset)
-    single = build_model(candidate_config(cfg, single_head))
-    t_single = _time_steps(cfg, single, batch, n_iters, warmup)
-    del single
+    scratch = os.path.join(cfg.output_dir, "_search_timing")
+    t_single = _timed_train(candidate_config(cfg, single_head), os.path.join(scratch, "single"), n_iters, warmup)
     jt.gc()
-    search = build_search(cfg, heads)
-    t_search = _time_steps(cfg, search, batch, n_iters, warmup)
+    t_search = _timed_train(cfg, os.path.join(scratch, "search"), n_iters, warmup,
+                            build=lambda c: build_search(c, heads))
+    jt.gc()
+    if dist.is_main():
+        shutil.rmtree(scratch, ignore_errors=True)
     s, m = float(np.median(t_single)), float(np.median(t_search))
     return {"n_heads": len(heads), "single_head": single_head, "iters_timed": n_iters, "warmup_iters": warmup,
             "single_s_per_iter": s, "search_s_per_iter": m, "ratio": m / s,
@@ -437,18 +399,26 @@ def time_search_vs_single(cfg, dataset, heads: Sequence[str], n_iters: int = 5, 
 
 # ----------------------------------------------------------------------------- the whole search
 def run_search(cfg, out_prefix: Optional[str] = None, timing_iters: int = 5, max_iters: Optional[int] = None,
-               command: str = "", log=print, progress: bool = True) -> Dict:
+               command: str = "", log=print, progress: bool = True, resume=None, knn: bool = False) -> Dict:
     """Train all candidates in parallel, measure D_i, rank, time, and write the results.
 
-    ``out_prefix`` (default ``<output_dir>/search``) gets ``.json``, ``.md`` and ``.png``.
-    Returns the result dict (also written as JSON).
+    Training is :func:`jhssl.train.train` with the :class:`SearchMethod` (checkpoints, ``log.jsonl``
+    and loss curves in ``output_dir``; ``resume`` as there, default a fresh start; ``knn`` runs
+    the trainer's k-NN of the shared base at the end). ``out_prefix`` (default
+    ``<output_dir>/search``) gets ``.json``, ``.md``, ``.png`` and ``_history.jsonl`` (the logged
+    losses). Under mpirun every rank runs this; rank 0 prints and writes. Returns the result dict
+    (also written as JSON).
     """
     from jhssl.data import build_eval_datasets, build_pretrain_dataset
+    from jhssl.train import setup_device, train
     heads = check_search_config(cfg)
-    if cfg.grad_accum != 1:
-        raise ConfigError("the search does not support grad_accum != 1")
+    dist.check_batch_size(cfg.batch_size)  # the global batch must split evenly over the MPI ranks
+    if knn and cfg.eval.features != "base":
+        raise ConfigError(f"the search's k-NN evaluates the shared base only (eval.features=base), "
+                          f"got eval.features={cfg.eval.features}: the candidates are several heads")
+    main = dist.is_main()
+    say = log if main else (lambda *a, **k: None)
     out_prefix = out_prefix or os.path.join(cfg.output_dir, "search")
-    from jhssl.train import setup_device
     device = setup_device(cfg)
     jt.set_global_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -456,23 +426,34 @@ def run_search(cfg, out_prefix: Optional[str] = None, timing_iters: int = 5, max
     train_ds = build_pretrain_dataset(cfg)
     if train_ds.total_len == 0:
         raise ValueError(f"data.subset={cfg.data.subset} leaves no training images")
+    if train_ds.total_len // cfg.batch_size == 0:
+        raise ValueError(f"the search's training set has {train_ds.total_len} images, fewer than "
+                         f"batch_size={cfg.batch_size}: no full batch can be formed")
     try:
         _, heldout = build_eval_datasets(cfg)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"the discrepancy D (Eq. 8) is measured on held-out images: {e}") from None
     if heldout.total_len == 0:
         raise ValueError("the held-out set for the discrepancy is empty (eval.val_subset too small?)")
-    log(f"search on {device}: base {cfg.model.arch}/{cfg.model.patch_size}, {len(heads)} candidate heads "
+    say(f"search on {device}: base {cfg.model.arch}/{cfg.model.patch_size}, {len(heads)} candidate heads "
         f"({', '.join(heads)}), depth {cfg.hssl.depth}; {train_ds.total_len} training images "
-        f"(data.subset={cfg.data.subset}), {heldout.total_len} held-out images")
+        f"(data.subset={cfg.data.subset}), {heldout.total_len} held-out images"
+        + (f", {dist.world_size()} MPI ranks" if dist.world_size() > 1 else ""))
 
     method = build_search(cfg, heads)
-    history, times, wall = train(cfg, method, train_ds, max_iters=max_iters, log=log, progress=progress)
+    log_path = os.path.join(cfg.output_dir, "log.jsonl")
+    log_offset = os.path.getsize(log_path) if main and os.path.isfile(log_path) else 0
+    t0 = time.time()
+    res = train(cfg, resume=resume, max_iters=max_iters, log=log, progress=progress, method=method, evaluate=knn)
+    wall = time.time() - t0
+    history = _steps_since(log_path, log_offset) if main else []
     jt.gc()
-    d = discrepancies(method, heldout)
+    # each rank measures its own slice of the held-out images; the sums are totalled over ranks
+    mine = shard_indices(heldout.total_len)
+    d = discrepancies(method, heldout_batches(heldout, mine, cfg.eval.batch_size))
     ranking = rank_heads(d)
     if not all(math.isfinite(r["D"]) for r in ranking):
-        log("warning: non-finite discrepancy for " + ", ".join(r["head"] for r in ranking if not math.isfinite(r["D"])))
+        say("warning: non-finite discrepancy for " + ", ".join(r["head"] for r in ranking if not math.isfinite(r["D"])))
     result = {
         "base": f"{cfg.model.arch} (patch {cfg.model.patch_size})",
         "command": command,
@@ -481,20 +462,24 @@ def run_search(cfg, out_prefix: Optional[str] = None, timing_iters: int = 5, max
         "recommended": recommended_line(ranking),
         "discrepancy": d,
         "train_wall_s": wall,
-        "final_loss": history[-1] if history else None,
-        "setup": {"iterations": len(history), "epochs": cfg.epochs, "train_images": train_ds.total_len,
+        "final_loss": {"iteration": res["iteration"], **res["last_loss"]},
+        "knn_shared_base": res["knn"],
+        "checkpoint": res["checkpoint"],
+        "setup": {"iterations": res["iteration"], "epochs": cfg.epochs, "train_images": train_ds.total_len,
                   "subset": cfg.data.subset, "batch_size": cfg.batch_size, "depth": cfg.hssl.depth,
                   "method": cfg.method, "eval_images": heldout.total_len,
-                  "seed": cfg.seed, "device": device,
+                  "seed": cfg.seed, "device": device, "ranks": dist.world_size(),
                   "teacher_temp_for_D": final_teacher_temp(method.loss_for(0))},
     }
     del method
     jt.gc()
     if timing_iters > 0:
-        tm = time_search_vs_single(cfg, train_ds, heads, n_iters=timing_iters)
-        tm["single_run_estimate_s"] = tm["single_s_per_iter"] * len(history)
-        tm["search_run_estimate_s"] = tm["search_s_per_iter"] * len(history)
+        tm = time_search_vs_single(cfg, heads, n_iters=timing_iters)
+        tm["single_run_estimate_s"] = tm["single_s_per_iter"] * res["iteration"]
+        tm["search_run_estimate_s"] = tm["search_s_per_iter"] * res["iteration"]
         result["timing"] = tm
+    if not main:
+        return result
     paths = write_results(out_prefix, result)
     metrics.atomic_write_text(out_prefix + "_history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     log("")

@@ -10,6 +10,10 @@ DINO's parameter groups and schedules, then per iteration:
 Checkpoints (jhssl.checkpoint) are written every epoch and optionally every N iterations;
 ``resume='auto'`` continues from the newest one in ``output_dir``. A k-NN evaluation of the
 teacher's base CLS features runs every ``eval_every`` epochs and at the end.
+
+``train(cfg, method=...)`` trains any prebuilt method object with this same loop (the head
+search, ``jhssl.search``, passes its many-head ``SearchMethod``); the loss module's state (every
+Var of ``method.loss.state_dict()``: one loss's centers or a bank of them) is checkpointed.
 """
 from jhssl import bootstrap  # noqa: F401
 
@@ -51,14 +55,18 @@ def _last_layer_ids(student):
     return {id(p) for n, p in student.named_parameters() if "last_layer" in n}
 
 
+def _loss_state(loss):
+    """Every Var of the loss module (the centers of one loss, or ``losses.<i>.center*`` of the
+    search's loss bank) as {name: ndarray}."""
+    return ckpt_lib.to_numpy_state(loss)
+
+
 def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
-    loss = method.loss
     return {
         "student": ckpt_lib.to_numpy_state(method.student),
         "teacher": ckpt_lib.to_numpy_state(method.teacher),
         "optimizer": optimizer.state_dict(),
-        "loss": {"center": loss.center.numpy().copy(),
-                 "center_patch": None if loss.center_patch is None else loss.center_patch.numpy().copy()},
+        "loss": _loss_state(method.loss),
         "epoch": int(epoch), "iteration": int(iteration),
         "config": cfg.to_dict(), "rng": ckpt_lib.rng_state(), "metrics": metrics,
     }
@@ -68,16 +76,9 @@ def _restore(method, optimizer, state):
     ckpt_lib.load_state_dict_strict(method.student, state["student"], what="student")
     ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
     optimizer.load_state_dict(state["optimizer"])
-    loss = method.loss
-    c = state["loss"]["center"]
-    if tuple(c.shape) != tuple(loss.center.shape):
-        raise ValueError(f"loss center: checkpoint shape {tuple(c.shape)}, model {tuple(loss.center.shape)}")
-    loss.center.update(jt.array(c).stop_grad())
-    cp = state["loss"].get("center_patch")
-    if loss.center_patch is not None:
-        if cp is None or tuple(cp.shape) != tuple(loss.center_patch.shape):
-            raise ValueError("loss patch center missing or of another shape in the checkpoint")
-        loss.center_patch.update(jt.array(cp).stop_grad())
+    # older checkpoints stored "center_patch": None for a loss without patch terms
+    loss_state = {k: v for k, v in state["loss"].items() if v is not None}
+    ckpt_lib.load_state_dict_strict(method.loss, loss_state, what="loss")
     ckpt_lib.set_rng_state(state["rng"])
 
 
@@ -119,8 +120,13 @@ def run_knn(cfg, method, log=print, datasets=None):
             net.train()
 
 
-def train(cfg, resume="auto", max_iters=None, log=print, progress=True):
+def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=None, evaluate=True):
     """Pretrain according to ``cfg``. ``max_iters`` stops early (tests, timing).
+
+    ``method``: a prebuilt method object (default ``build_model(cfg)``; the head search passes its
+    ``SearchMethod``). ``evaluate=False`` skips the k-NN evaluations and the per-epoch base/head
+    discrepancy log (the search's timing runs); the discrepancy log also needs a single-head
+    network, so a method with ``per_epoch_discrepancy = False`` (the search) never writes it.
 
     Returns a dict: ``epoch``, ``iteration``, ``knn`` (``{k: {top1, top5}}`` of the last
     evaluation or None), ``last_loss`` (dict of the last logged loss parts), ``checkpoint``.
@@ -141,11 +147,13 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True):
     dist.check_batch_size(cfg.batch_size)  # global batch: must split evenly over the MPI ranks
     dataset = build_pretrain_dataset(cfg)
     from jhssl.data import build_eval_datasets
-    eval_sets = build_eval_datasets(cfg)  # now, so a missing k-NN split fails before any training
+    # now, so a missing k-NN split fails before any training (not needed without evaluations)
+    eval_sets = build_eval_datasets(cfg) if evaluate else None
     niter = len(dataset)
     if niter == 0:
         raise ValueError(f"the dataset gives no full batch of {cfg.batch_size} images")
-    method = build_model(cfg)
+    if method is None:
+        method = build_model(cfg)
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
     optimizer = AdamW(param_groups(student), lr=0.0)
@@ -274,9 +282,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True):
                 if epoch_count and main:
                     logger.write({"type": "epoch", "epoch": epoch, "iteration": it,
                                   **{k: v / epoch_count for k, v in epoch_sums.items()}, "time": time.time()})
-                if cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
+                if evaluate and cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
                     knn_result = _knn_and_log(cfg, method, logger, epoch_done, it, log, eval_sets)
-                if cfg.hssl is not None:
+                if evaluate and cfg.hssl is not None and getattr(method, "per_epoch_discrepancy", True):
                     _discrepancy(cfg, method, eval_sets, epoch, log)
                 save(epoch_done)
                 if main:
@@ -287,7 +295,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True):
 
     check_finite()
     finished = it >= total_iters
-    if finished and not (start_iter == total_iters and knn_result):
+    if evaluate and finished and not (start_iter == total_iters and knn_result):
         knn_result = _knn_and_log(cfg, method, logger, it // niter, it, log, eval_sets)
         save(it // niter)
     elif saved_at[0] != it:  # stopped early (max_iters): keep the progress

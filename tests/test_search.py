@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,6 +71,75 @@ def test_search_tiny_end_to_end(folder, tmp_path):
         assert os.path.getsize(tmp_path / f"search.{ext}") > 0
     assert json.load(open(tmp_path / "search.json"))["recommended"] == res["recommended"]
     assert "| 1 | " + ranking[0]["head"] in open(tmp_path / "search.md").read()
+    # trained by jhssl.train.train: its log, and a checkpoint holding every candidate's centers
+    hist = [json.loads(x) for x in open(tmp_path / "search_history.jsonl")]
+    assert hist and hist[-1]["iteration"] == 2 and all("loss_convnext" in h for h in hist)  # log_freq 10
+    from jhssl.checkpoint import load_checkpoint
+    state = load_checkpoint(res["checkpoint"])
+    assert state["iteration"] == 2
+    assert sorted(state["loss"]) == [f"losses.{i}.{c}" for i in (0, 1) for c in ("center", "center_patch")]
+    assert all(np.abs(v).max() > 0 for v in state["loss"].values())  # the centers moved
+    # no single-head discrepancy log for a many-head model; the timing runs' scratch is removed
+    assert not (tmp_path / "discrepancy.jsonl").exists() and not (tmp_path / "_search_timing").exists()
+
+
+def test_shard_indices_cover_every_image_once():
+    from jhssl.search import shard_indices
+    for n, w in ((12, 2), (7, 2), (7, 3), (1, 2)):
+        parts = [list(shard_indices(n, r, w)) for r in range(w)]
+        assert sorted(sum(parts, [])) == list(range(n)), (n, w, parts)
+    assert list(shard_indices(7, 1, 2)) == [1, 3, 5]
+    assert list(shard_indices(5)) == list(range(5))  # one process: everything
+    with pytest.raises(ValueError, match="rank 2"):
+        shard_indices(4, 2, 2)
+
+
+def test_sharded_discrepancy_equals_unsharded(folder):
+    """D measured on two shards (r, r+2, ...) and totalled equals D on all images at once."""
+    _register_micro()
+    from jhssl.data import build_eval_datasets
+    from jhssl.search import build_search, discrepancies, heldout_batches, shard_indices
+    cfg = load_config(None, _overrides(folder, "/tmp/unused"))
+    m = build_search(cfg)
+    _, val = build_eval_datasets(cfg)
+    whole = discrepancies(m, heldout_batches(val, range(val.total_len), 5))
+    sums = {h: 0.0 for h in whole}
+    counts = [len(shard_indices(val.total_len, r, 2)) for r in range(2)]
+    for r in range(2):
+        part = discrepancies(m, heldout_batches(val, shard_indices(val.total_len, r, 2), 5))
+        for h in sums:
+            sums[h] += part[h] * counts[r]
+    assert sum(counts) == val.total_len == 12
+    for h in whole:
+        assert whole[h] > 0 and sums[h] / sum(counts) == pytest.approx(whole[h], rel=1e-5)
+
+
+def test_search_resume_continues_exactly(folder, tmp_path):
+    """The search trains through jhssl.train.train: resuming restores every candidate's centers."""
+    _register_micro()
+    from jhssl.search import build_search
+    from jhssl.train import train
+    extra = ["log_freq=1", "save_every_iters=1", "epochs=2"]
+    quiet = dict(progress=False, log=lambda *a: None)
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+
+    def cfg(out):
+        return load_config(None, _overrides(folder, out) + extra)
+    train(cfg(full), resume=None, max_iters=4, method=build_search(cfg(full)), evaluate=False, **quiet)
+    train(cfg(part), resume=None, max_iters=3, method=build_search(cfg(part)), evaluate=False, **quiet)
+    train(cfg(part), resume="auto", max_iters=1, method=build_search(cfg(part)), evaluate=False, **quiet)
+    steps = [{r["iteration"]: r for r in map(json.loads, open(os.path.join(d, "log.jsonl"))) if r["type"] == "step"}
+             for d in (full, part)]
+    for k in ("loss", "loss_convnext", "loss_resmlp"):
+        assert steps[0][4][k] == pytest.approx(steps[1][4][k], abs=1e-5), k
+    from jhssl.checkpoint import latest_checkpoint, load_checkpoint
+    a, b = (load_checkpoint(latest_checkpoint(d)) for d in (full, part))
+    for k in a["loss"]:
+        np.testing.assert_allclose(a["loss"][k], b["loss"][k], rtol=1e-4, atol=1e-6, err_msg=k)
+    # a checkpoint of another candidate set is refused by name
+    other = load_config(None, _overrides(folder, part, heads="[convnext,resmlp,vit]") + extra)
+    with pytest.raises(KeyError, match="losses.2.center|branches.2"):
+        train(other, resume="auto", max_iters=1, method=build_search(other), evaluate=False, **quiet)
 
 
 def test_search_model_is_per_candidate(folder):
@@ -159,3 +229,42 @@ def test_one_candidate_search_equals_single_head_hssl(folder):
     b = search.compute_loss(crops, masks, 0)
     assert b["loss"].item() == pytest.approx(a, rel=1e-5)
     assert b["loss_resmlp"].item() == pytest.approx(a, rel=1e-5)
+
+
+_MPI_SEARCH = """
+import json, os, sys
+sys.path.insert(0, {here!r})
+from test_search import _overrides, _register_micro
+from jhssl import dist
+from jhssl.config import load_config
+from jhssl.search import run_search
+_register_micro()
+cfg = load_config(os.path.join({root!r}, "configs", "search_vit_tiny_fmnist.yaml"), _overrides({folder!r}, {out!r}))
+res = run_search(cfg, timing_iters=1, max_iters=2, log=lambda *a: None, progress=False)
+json.dump(res["discrepancy"], open(os.path.join({out!r}, f"d_rank{{dist.rank()}}.json"), "w"))
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun (OpenMPI) is not installed")
+def test_search_under_mpi_matches_one_process(folder, tmp_path):
+    """2 ranks x 2 images per batch == 1 process x 4: same trained search, same D (each rank
+    measures half of the held-out images, the sums are totalled), the same on both ranks."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    runs = {}
+    for name, launcher in (("one", []), ("two", [shutil.which("mpirun"), "--allow-run-as-root", "--oversubscribe",
+                                                  "-np", "2"])):
+        out = str(tmp_path / name)
+        os.makedirs(out)
+        script = _MPI_SEARCH.format(here=here, root=ROOT, folder=folder, out=out)
+        p = subprocess.run(launcher + [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-4000:]
+        runs[name] = {int(f[6:-5]): json.load(open(os.path.join(out, f))) for f in os.listdir(out)
+                      if f.startswith("d_rank")}
+        assert os.path.isfile(os.path.join(out, "search.json"))
+    assert sorted(runs["one"]) == [0] and sorted(runs["two"]) == [0, 1]
+    one, two = runs["one"][0], runs["two"][0]
+    assert two == runs["two"][1]  # every rank returns the totalled D
+    for h in one:
+        assert two[h] == pytest.approx(one[h], rel=1e-3, abs=1e-6), (h, one, two)

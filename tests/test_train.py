@@ -130,3 +130,27 @@ def test_run_train_cli_missing_dataset_is_a_clear_error(tmp_path):
                         f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "no_such_dir" in r.stderr, r.stderr[-2000:]
     assert not os.path.exists(os.path.join(tmp_path, "out", "log.jsonl"))
+
+
+def test_loss_state_is_every_loss_var_and_restores_strictly():
+    """The checkpoint's "loss" entry is the loss module's state dict (DINO: no patch center), and
+    restoring it is strict; an old checkpoint's ``center_patch: None`` still loads."""
+    from jhssl.methods import build_model
+    from jhssl.train import _loss_state
+    ibot, dino = build_model(tiny_config()), build_model(tiny_config(method="dino"))
+    assert sorted(_loss_state(ibot.loss)) == ["center", "center_patch"]
+    assert sorted(_loss_state(dino.loss)) == ["center"]
+
+    class _NoOptimizer:
+        def load_state_dict(self, state):
+            pass
+    from jhssl.train import _restore
+    base = {"student": ck.to_numpy_state(dino.student), "teacher": ck.to_numpy_state(dino.teacher),
+            "optimizer": {}, "rng": ck.rng_state()}
+    old = {"center": np.full((1, 64), 0.5, np.float32), "center_patch": None}
+    _restore(dino, _NoOptimizer(), dict(base, loss=old))
+    assert np.allclose(dino.loss.center.numpy(), 0.5)
+    with pytest.raises(ValueError, match=r"loss: shape mismatch for 'center'"):
+        _restore(dino, _NoOptimizer(), dict(base, loss={"center": np.zeros((1, 3), np.float32)}))
+    with pytest.raises(KeyError, match="center_patch"):
+        _restore(dino, _NoOptimizer(), dict(base, loss={"center": old["center"], "center_patch": np.zeros((1, 1, 64))}))
