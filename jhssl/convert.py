@@ -423,7 +423,8 @@ def timm_reference_name(arch: str, patch_size: Optional[int] = None, img_size: O
     return arch
 
 
-def _reference_dir() -> Optional[str]:
+def reference_dir() -> Optional[str]:
+    """The folder of timm's reference key lists (``$JHSSL_TIMM_REFERENCE``, else ``../shared`` beside the repo)."""
     for d in REFERENCE_DIR_CANDIDATES:
         if d and os.path.isdir(d):
             return os.path.abspath(d)
@@ -432,7 +433,7 @@ def _reference_dir() -> Optional[str]:
 
 def timm_reference(timm_name: str) -> Optional[Dict[str, tuple]]:
     """Keys and shapes of timm's ``timm_name`` with num_classes=0, from the stored reference lists."""
-    d = _reference_dir()
+    d = reference_dir()
     if d is None:
         return None
     path = os.path.join(d, timm_name + ".json")

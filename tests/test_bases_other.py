@@ -11,9 +11,10 @@ import jittor as jt
 import models
 from models.layers.residual import CrossPatchLinear
 
-REF_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "timm-state-dicts")
-if not os.path.isdir(REF_DIR):
-    REF_DIR = "/work/shared/reference/timm-state-dicts"
+from jhssl.convert import reference_dir  # noqa: E402
+
+REF_DIR = reference_dir()
+assert REF_DIR, "timm reference key lists not found: set JHSSL_TIMM_REFERENCE or put shared/ beside the repo"
 
 # Tiny configurations (all with 32 output channels) so forward passes stay fast on 2 CPU cores.
 TINY = {

@@ -20,11 +20,10 @@ from models.swin import (PatchMerging, SwinTransformer, SwinTransformerBlock, Wi
 from tests.torch_reference import (TorchPatchMerging, TorchSwin, TorchSwinBlock,  # noqa: E402
                                    copy_from_jittor, torch_shift_mask)
 
-REF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
-                       "timm-state-dicts")
-if not os.path.isdir(REF_DIR):
-    REF_DIR = "/work/shared/reference/timm-state-dicts"
-REF_DIR = os.environ.get("JHSSL_TIMM_REF", REF_DIR)
+from jhssl.convert import reference_dir  # noqa: E402
+
+REF_DIR = reference_dir()
+assert REF_DIR, "timm reference key lists not found: set JHSSL_TIMM_REFERENCE or put shared/ beside the repo"
 
 SWINS = {"swin_tiny_patch4_window7_224": "swin_tiny_patch4_window7_224",
          "swin_small_patch4_window7_224": "swin_small_patch4_window7_224",

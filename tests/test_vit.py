@@ -20,11 +20,10 @@ from models.layers import DropPath, drop_path, resample_abs_pos_embed  # noqa: E
 from models.vit import Attention, Block, VisionTransformer  # noqa: E402
 from tests.torch_reference import TorchViT, TorchViTBlock, copy_from_jittor  # noqa: E402
 
-REF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
-                       "timm-state-dicts")
-if not os.path.isdir(REF_DIR):
-    REF_DIR = "/work/shared/reference/timm-state-dicts"
-REF_DIR = os.environ.get("JHSSL_TIMM_REF", REF_DIR)
+from jhssl.convert import reference_dir  # noqa: E402
+
+REF_DIR = reference_dir()
+assert REF_DIR, "timm reference key lists not found: set JHSSL_TIMM_REFERENCE or put shared/ beside the repo"
 
 TIMM_VITS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_small_patch8_224", "vit_base_patch16_224",
              "vit_base_patch8_224", "vit_large_patch16_224"]
