@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -24,29 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import jhssl  # noqa: E402,F401
-
-
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from jhssl.fileio import atomic_write_text  # noqa: E402
+from benchmarks.common import machine_info  # noqa: E402
 
 
 def _machine():
     import jittor as jt
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "jittor": jt.__version__,
-            "device": "cuda" if jt.flags.use_cuda else "cpu"}
+    return {**machine_info(), "jittor": jt.__version__, "device": "cuda" if jt.flags.use_cuda else "cpu"}
 
 
 def main(argv=None):
@@ -90,12 +73,12 @@ def main(argv=None):
               "budget": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "data.subset": cfg.data.subset,
                          "eval.train_subset": cfg.eval.train_subset, "eval.val_subset": cfg.eval.val_subset}}
     os.makedirs(args.out, exist_ok=True)
-    _atomic_write(os.path.join(args.out, args.name + ".json"), json.dumps(report, indent=1) + "\n")
+    atomic_write_text(os.path.join(args.out, args.name + ".json"), json.dumps(report, indent=1) + "\n")
     m = report["machine"]
     md = [
         f"# Fashion-MNIST: iBOT vs iBOT + HSSL (heads: {', '.join(args.heads)}; depth {cfg.hssl.depth if cfg.hssl else '-'})", "",
         f"Command: `{report['command']}` (config `{report['config']}`, seed {report['seed']}, {report['date']})", "",
-        f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), {m['device']}, Python {m['python']}, Jittor {m['jittor']}", "",
+        f"Machine: {m['cpu']} ({m['cores']} CPUs), {m['device']}, Python {m['python']}, Jittor {m['jittor']}", "",
         f"Budget (both runs): {cfg.epochs} epochs, batch {cfg.batch_size}, data.subset {cfg.data.subset}; "
         f"k-NN (k={results['ibot_hssl']['k']}, T={cfg.eval.knn_t}) of the teacher base CLS on "
         f"{cfg.eval.train_subset:g} of the train split vs {cfg.eval.val_subset:g} of the test split.", "",
@@ -107,7 +90,7 @@ def main(argv=None):
     md += ["", f"HSSL - baseline (points): {gap_txt}. The paper reports +5.2 on ImageNet-S300 after full "
            "pretraining; here each arm is one short run with one seed on a small subset, so the difference "
            "includes run-to-run noise of unknown size.", ""]
-    _atomic_write(os.path.join(args.out, args.name + ".md"), "\n".join(md))
+    atomic_write_text(os.path.join(args.out, args.name + ".md"), "\n".join(md))
     print(f"HSSL - baseline (points): {gap_txt}; wrote {args.out}/{args.name}.{{json,md}}")
     return 0
 

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.common import machine_info  # noqa: E402
+from jhssl.fileio import atomic_write_text  # noqa: E402
 
 
 # ============================================================================ worker side
@@ -112,20 +114,6 @@ def worker(args):
 
 
 # ============================================================================ parent side
-def machine():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "hostname": platform.node()}
-
-
 def launch(cmd, result):
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
@@ -172,9 +160,7 @@ def write_md(path, rec):
               "one process does not mean MPI is cheaper: most likely (not verified) the single process's "
               "worker threads burn CPU waiting for each other while descheduled under contention. On an idle 2-core machine expect at most 2x and likely less; "
               "on a GPU node each rank owns a GPU and the all-reduce runs on NCCL."]
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main():
@@ -201,7 +187,7 @@ def main():
     common = [os.path.abspath(__file__), "--worker", "--config", args.config, "--batch", str(args.batch),
               "--iters", str(args.iters), "--warmup", str(args.warmup)]
     rec = {"command": "python benchmarks/mpi_throughput.py " + " ".join(sys.argv[1:]),
-           "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+           "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
            "config": args.config, "overrides": args.overrides, "iters": args.iters, "warmup": args.warmup,
            "loadavg_before": [round(x, 2) for x in os.getloadavg()], "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,9 +199,7 @@ def main():
     rec["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     rec["speedup_2_vs_1"] = rec["runs"]["1"]["step_s_median"] / rec["runs"]["2"]["step_s_median"]
     os.makedirs(args.out, exist_ok=True)
-    with open(base + ".json.tmp", "w") as f:
-        json.dump(rec, f, indent=2)
-    os.replace(base + ".json.tmp", base + ".json")
+    atomic_write_text(base + ".json", json.dumps(rec, indent=2))
     write_md(base + ".md", rec)
     print(open(base + ".md").read())
 

@@ -23,16 +23,17 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.common import machine_info  # noqa: E402
+from jhssl.fileio import atomic_write_text  # noqa: E402
 
 SIX_HEADS = ["convnext", "resnet", "resmlp", "poolformer", "vit", "swin"]
 
@@ -301,21 +302,6 @@ def run_worker(spec, timeout, omp_wait_policy):
     return {"error": f"worker exited {p.returncode}: {tail}"}
 
 
-def machine_info():
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    cores = os.cpu_count() or 1
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
-    return {"cpu": model, "cores": cores, "slug": f"{slug}-{cores}c", "python": platform.python_version()}
-
-
 def versions():
     out = {}
     for mod in ("jittor", "torch", "numpy"):
@@ -498,15 +484,6 @@ def summarize(results, meta):
     return {k: v[0] for k, v in figures.items()}, "\n".join(md)
 
 
-def _atomic_write(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small settings, about 5 minutes with a warm cache")
@@ -561,8 +538,8 @@ def main(argv=None):
     figures, md = summarize(results, meta)
     meta["total_wall_s"] = time.time() - t0
     stem = os.path.join(args.out, f"{meta['date']}-{meta['machine']['slug']}" + ("-quick" if args.quick else ""))
-    _atomic_write(stem + ".json", json.dumps({"meta": meta, "figures": figures, "results": results}, indent=1))
-    _atomic_write(stem + ".md", md)
+    atomic_write_text(stem + ".json", json.dumps({"meta": meta, "figures": figures, "results": results}, indent=1))
+    atomic_write_text(stem + ".md", md)
     print(md)
     print(f"wrote {stem}.json and {stem}.md")
 

@@ -15,10 +15,11 @@ import glob
 import os
 import random
 import re
-import tempfile
 
 import numpy as np
 import jittor as jt
+
+from jhssl.fileio import atomic_output
 
 _ROLLING = re.compile(r"^checkpoint_(\d{8})\.pkl$")
 
@@ -75,19 +76,9 @@ def set_rng_state(state):
 
 
 def atomic_save(obj, path):
-    """Write ``obj`` with ``jt.save`` to a temporary file in the target directory, then rename:
-    a crash mid-write never leaves a truncated checkpoint under ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_ckpt_", suffix=".pkl")
-    os.close(fd)
-    try:
+    """``jt.save`` to ``path`` atomically: a crash mid-write never leaves a truncated checkpoint."""
+    with atomic_output(path) as tmp:
         jt.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_checkpoint(path):

@@ -22,10 +22,11 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 from typing import Any, Iterable
 
 import yaml
+
+from jhssl.fileio import atomic_write_text
 
 __all__ = [
     "ConfigError", "Config", "F", "SCHEMA", "HEAD_ARCHS", "load_config", "config_from_dict",
@@ -520,14 +521,4 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Config:
 def dump_yaml(cfg, path: str) -> None:
     """Write the config as YAML, atomically (temporary file in the same directory, then rename)."""
     d = cfg.to_dict() if isinstance(cfg, Config) else _unwrap(cfg)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".yaml")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(d, f, sort_keys=False, default_flow_style=None)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False, default_flow_style=None))

@@ -2,9 +2,10 @@
 import json
 import math
 import os
-import tempfile
 
 from PIL import Image, ImageDraw, ImageFont
+
+from jhssl.fileio import atomic_output
 
 _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -117,17 +118,8 @@ def line_plot(path, series, title="", xlabel="", ylabel="", size=(800, 500)):
         ly = top + 8 + 14 * i
         d.line([W - right - 150, ly + 6, W - right - 130, ly + 6], fill=color, width=3)
         d.text((W - right - 125, ly), label, fill="black", font=font)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_plot_", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 

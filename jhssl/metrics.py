@@ -15,10 +15,11 @@ with Pillow only (no matplotlib dependency).
 import json
 import math
 import os
-import tempfile
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "to_numpy", "kl_discrepancy", "kl_discrepancy_from_logits", "teacher_probs", "teacher_log_probs", "linear_cka", "procrustes_similarity",
@@ -46,28 +47,6 @@ def _rows(x, name: str) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name}: contains NaN or Inf")
     return a
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp creates 0600 files; give results the usual permissions (0666 minus the umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- KL (Eq. 5)
@@ -503,7 +482,7 @@ def _save_png(img, path: str) -> None:
     import io
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- from a trained network

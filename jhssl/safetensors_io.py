@@ -17,7 +17,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .weights_io import CorruptFileError, atomic_write
+from .fileio import atomic_write
+from .weights_io import CorruptFileError
 
 # safetensors dtype name -> numpy dtype (little-endian). BF16 has no numpy dtype: see _decode_bf16.
 _DTYPES = {

@@ -40,6 +40,7 @@ from jhssl.config import HEAD_ARCHS, ConfigError
 from jhssl.methods.losses import SelfDistillationLoss
 from jhssl.methods.selfdistill import SelfDistillation, build_model
 from jhssl import dist, metrics
+from jhssl.fileio import atomic_write_text
 
 __all__ = ["SearchNetwork", "SearchMethod", "build_search", "check_search_config", "candidate_config",
            "shard_indices", "heldout_batches", "discrepancies", "rank_heads", "write_results", "run_search",
@@ -286,7 +287,7 @@ def write_results(out_prefix: str, result: Dict) -> Dict[str, str]:
     (``run_search`` also writes the per-iteration losses to ``<prefix>_history.jsonl``.)"""
     ranking = result["ranking"]
     paths = {"json": out_prefix + ".json", "md": out_prefix + ".md", "png": out_prefix + ".png"}
-    metrics.atomic_write_text(paths["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(result, indent=2) + "\n")
     lines = [f"# Auxiliary-head search: {result.get('base', '')}", ""]
     if result.get("command"):
         lines += ["Command:", "", "```", result["command"], "```", ""]
@@ -314,7 +315,7 @@ def write_results(out_prefix: str, result: Dict) -> Dict[str, str]:
                   f"and a single-head run's ~{tm.get('single_run_estimate_s', float('nan')):.1f} s", ""]
     if result.get("notes"):
         lines += ["Notes:", ""] + [f"- {n}" for n in result["notes"]] + [""]
-    metrics.atomic_write_text(paths["md"], "\n".join(lines))
+    atomic_write_text(paths["md"], "\n".join(lines))
     best = 0
     metrics.plot_bars_png(paths["png"], [r["head"] for r in ranking], [r["D"] for r in ranking],
                           title=f"discrepancy D per auxiliary head ({result.get('base', '')})",
@@ -481,7 +482,7 @@ def run_search(cfg, out_prefix: Optional[str] = None, timing_iters: int = 5, max
     if not main:
         return result
     paths = write_results(out_prefix, result)
-    metrics.atomic_write_text(out_prefix + "_history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(out_prefix + "_history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
     log("")
     log("| rank | head | D |")
     for r in ranking:

@@ -29,11 +29,12 @@ import io
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import numpy as np
+
+from .fileio import atomic_write  # noqa: F401  (re-exported: weights_io.atomic_write)
 
 JITTOR_TAG = b"HCAJSLHD"  # trailer jt.save appends after the pickle and its 20-byte SHA-1
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -49,30 +50,6 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 class TorchMissingError(RuntimeError):
     """An operation needs PyTorch, which is not installed."""
-
-
-# --------------------------------------------------------------------------------------------------
-# atomic writes
-
-
-def atomic_write(path: str, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_jittor_pickle(obj: Any, path: str) -> None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from typing import Any, Dict, Iterable, Optional
 
 from . import convert, weights_io
+from .fileio import atomic_write
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_REGISTRY = os.path.join(REPO_ROOT, "configs", "zoo.yaml")
@@ -170,7 +171,7 @@ def download(name: str, force: bool = False, progress: bool = False) -> str:
         # Verify before the rename: a file that fails the check never appears under its name.
         _check_digests(entry, "<download>", sha.hexdigest(), md5.hexdigest())
 
-    weights_io.atomic_write(dest, fetch)
+    atomic_write(dest, fetch)
     return dest
 
 

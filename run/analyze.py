@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from jhssl import analysis  # noqa: E402
-from jhssl.metrics import atomic_write_text  # noqa: E402
+from jhssl.fileio import atomic_write_text  # noqa: E402
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:

@@ -90,11 +90,9 @@ def main(argv=None):
         return 2
     print(format_knn(res, T, f"{which} {features}"))
     if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"checkpoint": args.checkpoint, "which": which, "features": features,
-                       "T": T, "results": {str(k): v for k, v in res.items()}}, f, indent=1)
-        os.replace(tmp, args.output)
+        from jhssl.fileio import atomic_write_text
+        atomic_write_text(args.output, json.dumps({"checkpoint": args.checkpoint, "which": which, "features": features,
+                                                   "T": T, "results": {str(k): v for k, v in res.items()}}, indent=1))
     return 0
 
 
