@@ -38,6 +38,7 @@ from jittor import nn
 
 from jhssl.config import HEAD_ARCHS, ConfigError
 from jhssl.methods.losses import SelfDistillationLoss
+from jhssl.methods.network import backbone_passes, finish_outputs, new_outputs
 from jhssl.methods.selfdistill import SelfDistillation, build_model
 from jhssl import dist, metrics
 from jhssl.fileio import atomic_write_text
@@ -99,43 +100,12 @@ class SearchNetwork(nn.Module):
         The backbone runs once per group of equal-size crops; every branch projects those
         features (and runs its auxiliary head on them).
         """
-        if not isinstance(crops, (list, tuple)):
-            crops = [crops]
-        n_global = len(crops) if n_global is None else int(n_global)
         want = set(want)
-        need_head = bool(want & {"head_cls", "head_patch"})
-        groups, start = [], 0
-        for i in range(1, len(crops) + 1):
-            if i == len(crops) or tuple(crops[i].shape[-2:]) != tuple(crops[start].shape[-2:]) or i == n_global:
-                groups.append((start, i))
-                start = i
-        acc = [{k: [] for k in ("base_cls", "base_feat", "base_patch", "head_cls", "head_feat", "head_patch")}
-               for _ in self.branches]
-        for a, b in groups:
-            x = jt.concat(list(crops[a:b]), dim=0) if b - a > 1 else crops[a]
-            is_global = a < n_global
-            mask = None
-            if masks is not None and is_global:
-                mask = jt.concat(list(masks[a:b]), dim=0) if b - a > 1 else masks[a]
-            out = self.backbone.forward_features(x, mask=mask) if mask is not None \
-                else self.backbone.forward_features(x)
+        acc = [new_outputs() for _ in self.branches]
+        for is_global, out in backbone_passes(self.backbone, crops, masks, n_global):
             for br, ac in zip(self.branches, acc):
-                if "base_feat" in want:
-                    ac["base_feat"].append(out["cls"])
-                if "base_cls" in want:
-                    ac["base_cls"].append(br.project(out["cls"], "base", "cls"))
-                if is_global and "base_patch" in want:
-                    ac["base_patch"].append(br.project(out["patch"], "base", "patch"))
-                if need_head or "head_feat" in want:
-                    h = br.aux_head(out["head_input"], out["grid"])
-                    if "head_feat" in want:
-                        ac["head_feat"].append(h["cls"])
-                    if "head_cls" in want:
-                        ac["head_cls"].append(br.project(h["cls"], "head", "cls"))
-                    if is_global and "head_patch" in want:
-                        ac["head_patch"].append(br.project(h["patch"], "head", "patch"))
-        return {name: {k: (jt.concat(v, dim=0) if len(v) > 1 else v[0]) for k, v in ac.items() if v}
-                for name, ac in zip(self.names, acc)}
+                br.collect(out, is_global, want, ac)
+        return {name: finish_outputs(ac) for name, ac in zip(self.names, acc)}
 
 
 class _LossBank(nn.Module):
@@ -167,15 +137,7 @@ class SearchMethod(SelfDistillation):
         return self.bank.losses[i]
 
     def compute_loss(self, crops, masks, epoch):
-        if len(crops) != self.n_global + self.n_local:
-            raise ValueError(f"expected {self.n_global} global + {self.n_local} local crops, got {len(crops)}")
-        globals_ = list(crops[:self.n_global])
-        want_t = {self.cls_target} | ({self.patch_target} if self.patch_target else set())
-        with jt.no_grad():
-            t = self.teacher(globals_, n_global=self.n_global, want=want_t)
-        want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
-        use_masks = masks if (self.method == "ibot" and self.patch_target) else None
-        s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s)
+        t, s, use_masks = self.forward_pair(crops, masks)
         parts: Dict[str, jt.Var] = {}
         total = 0.0
         for i, name in enumerate(self.names):

@@ -73,40 +73,61 @@ class SSLNetwork(nn.Module):
         Returns a dict with the requested keys among
           ``base_cls`` / ``head_cls``: (n_crops * B, K) projected CLS logits, crop-major;
           ``base_patch`` / ``head_patch``: (n_global * B, N, Kp) projected patch logits (global crops);
-          ``base_feat``: (n_crops * B, C) the base model's normed CLS features (unprojected).
+          ``base_feat`` / ``head_feat``: (n_crops * B, C) the base's / head's CLS features (unprojected).
         """
-        if not isinstance(crops, (list, tuple)):
-            crops = [crops]
-        n_global = len(crops) if n_global is None else int(n_global)
-        want = set(want)
-        if self.aux_head is None and (want & {"head_cls", "head_patch"}):
-            want -= {"head_cls", "head_patch"}
-        need_head = bool(want & {"head_cls", "head_patch"})
-        # consecutive crops of one resolution form one forward pass (DINO's MultiCropWrapper)
-        groups, start = [], 0
-        for i in range(1, len(crops) + 1):
-            if i == len(crops) or tuple(crops[i].shape[-2:]) != tuple(crops[start].shape[-2:]) or i == n_global:
-                groups.append((start, i))
-                start = i
-        acc = {k: [] for k in ("base_cls", "base_feat", "base_patch", "head_cls", "head_patch")}
-        for a, b in groups:
+        acc = new_outputs()
+        for is_global, out in backbone_passes(self.backbone, crops, masks, n_global):
+            self.collect(out, is_global, set(want), acc)
+        return finish_outputs(acc)
+
+    def collect(self, out, is_global, want, acc):
+        """Append this network's requested projections of one backbone pass (``out``) to ``acc``."""
+        if "base_feat" in want:
+            acc["base_feat"].append(out["cls"])
+        if "base_cls" in want:
+            acc["base_cls"].append(self.project(out["cls"], "base", "cls"))
+        if is_global and "base_patch" in want:
+            acc["base_patch"].append(self.project(out["patch"], "base", "patch"))
+        if self.aux_head is not None and want & {"head_cls", "head_patch", "head_feat"}:
+            h = self.aux_head(out["head_input"], out["grid"])
+            if "head_feat" in want:
+                acc["head_feat"].append(h["cls"])
+            if "head_cls" in want:
+                acc["head_cls"].append(self.project(h["cls"], "head", "cls"))
+            if is_global and "head_patch" in want:
+                acc["head_patch"].append(self.project(h["patch"], "head", "patch"))
+
+
+_OUTPUT_KEYS = ("base_cls", "base_feat", "base_patch", "head_cls", "head_feat", "head_patch")
+
+
+def new_outputs():
+    return {k: [] for k in _OUTPUT_KEYS}
+
+
+def finish_outputs(acc):
+    """Concatenate each requested output over the backbone passes (crop-major)."""
+    return {k: (jt.concat(v, dim=0) if len(v) > 1 else v[0]) for k, v in acc.items() if v}
+
+
+def backbone_passes(backbone, crops, masks=None, n_global=None):
+    """Yield ``(is_global, forward_features output)`` per group of consecutive equal-size crops.
+
+    Crops of one resolution form one forward pass (DINO's MultiCropWrapper); the global crops
+    (the first ``n_global``) are never grouped with local ones, and only they get ``masks``.
+    """
+    if not isinstance(crops, (list, tuple)):
+        crops = [crops]
+    n_global = len(crops) if n_global is None else int(n_global)
+    start = 0
+    for i in range(1, len(crops) + 1):
+        if i == len(crops) or tuple(crops[i].shape[-2:]) != tuple(crops[start].shape[-2:]) or i == n_global:
+            a, b = start, i
+            start = i
             x = jt.concat(list(crops[a:b]), dim=0) if b - a > 1 else crops[a]
             is_global = a < n_global
-            mask = None
             if masks is not None and is_global:
                 mask = jt.concat(list(masks[a:b]), dim=0) if b - a > 1 else masks[a]
-            out = self.backbone.forward_features(x, mask=mask) if mask is not None \
-                else self.backbone.forward_features(x)
-            if "base_feat" in want:
-                acc["base_feat"].append(out["cls"])
-            if "base_cls" in want:
-                acc["base_cls"].append(self.project(out["cls"], "base", "cls"))
-            if is_global and "base_patch" in want:
-                acc["base_patch"].append(self.project(out["patch"], "base", "patch"))
-            if need_head:
-                h = self.aux_head(out["head_input"], out["grid"])
-                if "head_cls" in want:
-                    acc["head_cls"].append(self.project(h["cls"], "head", "cls"))
-                if is_global and "head_patch" in want:
-                    acc["head_patch"].append(self.project(h["patch"], "head", "patch"))
-        return {k: (jt.concat(v, dim=0) if len(v) > 1 else v[0]) for k, v in acc.items() if v}
+                yield is_global, backbone.forward_features(x, mask=mask)
+            else:
+                yield is_global, backbone.forward_features(x)

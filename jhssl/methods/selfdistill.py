@@ -93,17 +93,26 @@ class SelfDistillation:
         self._pairs = None
 
     # -- forward + loss ------------------------------------------------------------------------
-    def compute_loss(self, crops, masks, epoch):
-        """Loss dict for one batch. ``crops``: 2 global + n_local crops; ``masks``: 2 (B, ...) masks."""
+    def forward_pair(self, crops, masks):
+        """Teacher outputs on the global crops (no gradient) and student outputs on all crops.
+
+        Returns ``(teacher, student, masks)``: the two networks' output dicts and the masks
+        actually applied (None unless iBOT patch terms are on). ``crops``: 2 global + n_local
+        crops; ``masks``: one (B, ...) mask per global crop.
+        """
         if len(crops) != self.n_global + self.n_local:
             raise ValueError(f"expected {self.n_global} global + {self.n_local} local crops, got {len(crops)}")
-        globals_ = list(crops[:self.n_global])
         want_t = {self.cls_target} | ({self.patch_target} if self.patch_target else set())
         with jt.no_grad():
-            t = self.teacher(globals_, n_global=self.n_global, want=want_t)
+            t = self.teacher(list(crops[:self.n_global]), n_global=self.n_global, want=want_t)
         want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
         use_masks = masks if (self.method == "ibot" and self.patch_target) else None
         s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s)
+        return t, s, use_masks
+
+    def compute_loss(self, crops, masks, epoch):
+        """Loss dict for one batch. ``crops``: 2 global + n_local crops; ``masks``: 2 (B, ...) masks."""
+        t, s, use_masks = self.forward_pair(crops, masks)
         student_cls = {n: s[n + "_cls"] for n in self.cls_students}
         student_patch = {n: s[n + "_patch"] for n in self.patch_students}
         t_patch = t[self.patch_target] if self.patch_target else None
