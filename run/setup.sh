@@ -2,7 +2,7 @@
 # jhssl setup: system packages, Python packages, and an offline-ready Jittor.
 # Idempotent: a second run checks everything and changes nothing.
 #   bash run/setup.sh              # everything the trainer needs
-#   JHSSL_WITH_TORCH=1 bash run/setup.sh   # plus torch 2.13 CPU (export checks, parity tests, benchmarks)
+#   JHSSL_WITH_TORCH=1 bash run/setup.sh   # plus torch 2.13 CPU and safetensors (export checks, parity tests, benchmarks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -30,10 +30,12 @@ else
 fi
 
 # 2. Python packages. jittor-offline ships the oneDNN/cub/cutt/NCCL archives Jittor would otherwise download.
-if $PY -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "Running pip as the 'root' user" ; then :; fi
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+$PY -m pip install -q -r requirements.txt
 if [ "${JHSSL_WITH_TORCH:-0}" = "1" ]; then
   # torch is optional (export to .pth, parity tests, benchmarks); 2.13.0 is a local CPU wheel here.
-  $PY -c "import torch" 2>/dev/null || $PY -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "Running pip as the 'root' user" || true
+  # safetensors (the reference implementation) checks that our own reader/writer interoperate.
+  $PY -c "import torch, safetensors" 2>/dev/null || $PY -m pip install -q "torch==2.13.0" "safetensors==0.8.0"
 fi
 
 # 3. Compile Jittor's core once (about 3 minutes the first time, cached in ~/.cache/jittor) and check
