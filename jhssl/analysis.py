@@ -83,32 +83,6 @@ def table3_row(name: str, stats: Dict[str, float]) -> str:
 
 
 # ----------------------------------------------------------------------------- from checkpoints
-def knn_predictions(train_features, train_labels, test_features, k: int = 20, T: float = 0.07,
-                    num_classes: Optional[int] = None, chunk: int = 256) -> np.ndarray:
-    """Per-sample top-1 predictions of the weighted k-NN of DINO (as :func:`jhssl.knn.knn_classify`,
-    which reports only accuracies): cosine similarity of L2-normalised features, the k nearest
-    training samples vote with weight exp(sim / T)."""
-    from jhssl.knn import l2_normalize
-    tr, te = l2_normalize(train_features), l2_normalize(test_features)
-    tl = np.asarray(train_labels, dtype=np.int64)
-    if tr.ndim != 2 or te.ndim != 2 or tr.shape[1] != te.shape[1]:
-        raise ValueError(f"features must be (N, C) with equal C, got {tr.shape} and {te.shape}")
-    if not 0 < k <= len(tr):
-        raise ValueError(f"k={k} must be in [1, {len(tr)}] (the number of training samples)")
-    C = int(num_classes) if num_classes else int(tl.max()) + 1
-    preds = np.empty(len(te), dtype=np.int64)
-    for s in range(0, len(te), chunk):
-        sims = te[s:s + chunk] @ tr.T
-        B = sims.shape[0]
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else \
-            np.tile(np.arange(sims.shape[1]), (B, 1))
-        w = np.exp(np.take_along_axis(sims, idx, 1).astype(np.float64) / T)
-        flat = (np.arange(B)[:, None] * C + tl[idx]).ravel()
-        votes = np.bincount(flat, weights=w.ravel(), minlength=B * C).reshape(B, C)
-        preds[s:s + B] = np.argmax(votes, axis=1)  # ties: lowest class id, as a stable argsort
-    return preds
-
-
 def correctness_from_checkpoints(baseline_ckpt: str, hssl_ckpt: str, config: Optional[str] = None,
                                  overrides=None, k: Optional[int] = None, log=print):
     """(B1, B2, H, head names): k-NN correctness on the labelled evaluation set of
@@ -120,7 +94,7 @@ def correctness_from_checkpoints(baseline_ckpt: str, hssl_ckpt: str, config: Opt
     """
     from jhssl.config import load_config
     from jhssl.data import build_eval_datasets
-    from jhssl.knn import extract_features, feature_fn, load_eval_network
+    from jhssl.knn import extract_features, feature_fn, knn_predict, load_eval_network
     net_b, cfg_b = load_eval_network(baseline_ckpt, "teacher")
     net_h, cfg_h = load_eval_network(hssl_ckpt, "teacher")
     if cfg_h.hssl is None:
@@ -143,7 +117,7 @@ def correctness_from_checkpoints(baseline_ckpt: str, hssl_ckpt: str, config: Opt
         fn = feature_fn(net, which)
         tr_f, tr_l = extract_features(fn, train_ds)
         va_f, va_l = extract_features(fn, val_ds)
-        pred = knn_predictions(tr_f, tr_l, va_f, k=k, T=T, num_classes=ncls)
+        pred = knn_predict(tr_f, tr_l, va_f, k=k, T=T, num_classes=ncls)
         c = pred == va_l
         log(f"{name}: k-NN (k={k}, T={T}) top-1 {100.0 * c.mean():.2f}% on {len(c)} images")
         out.append(c)

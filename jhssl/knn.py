@@ -28,25 +28,27 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
-def knn_classify(train_features, train_labels, test_features, test_labels, ks: Iterable[int] = (20,),
-                 T: float = 0.07, num_classes: int | None = None, chunk: int = 256) -> dict:
-    """Weighted k-NN accuracy for every k in ``ks``: ``{k: {"top1": %, "top5": %}}``."""
+def knn_votes(train_features, train_labels, test_features, ks: Iterable[int] = (20,), T: float = 0.07,
+              num_classes: int | None = None, chunk: int = 256):
+    """DINO's weighted k-NN vote, chunk by chunk: yields ``(start, {k: (B, C) class votes})``.
+
+    Features are L2-normalised; the k most similar training samples (cosine) vote for their label
+    with weight exp(sim / T). ``num_classes`` defaults to the largest training label + 1.
+    """
     ks = sorted({int(k) for k in ks})
     train_f = l2_normalize(train_features)
     test_f = l2_normalize(test_features)
     train_l = np.asarray(train_labels, dtype=np.int64)
-    test_l = np.asarray(test_labels, dtype=np.int64)
     if train_f.ndim != 2 or test_f.ndim != 2 or train_f.shape[1] != test_f.shape[1]:
         raise ValueError(f"features must be (N, C) with equal C, got {train_f.shape} and {test_f.shape}")
-    if len(train_f) != len(train_l) or len(test_f) != len(test_l):
-        raise ValueError("features and labels differ in length")
+    if len(train_f) != len(train_l):
+        raise ValueError("training features and labels differ in length")
     if not ks or ks[0] <= 0:
         raise ValueError(f"k must be positive, got {ks}")
     if ks[-1] > len(train_f):
         raise ValueError(f"k={ks[-1]} exceeds the number of training samples ({len(train_f)})")
-    C = int(num_classes) if num_classes else int(max(train_l.max(), test_l.max())) + 1
+    C = int(num_classes) if num_classes else int(train_l.max()) + 1
     kmax = ks[-1]
-    correct = {k: [0, 0] for k in ks}
     for s in range(0, len(test_f), chunk):
         sims = test_f[s:s + chunk] @ train_f.T  # (B, N)
         B = sims.shape[0]
@@ -59,18 +61,42 @@ def knn_classify(train_features, train_labels, test_features, test_labels, ks: I
         top_idx = np.take_along_axis(part, order, 1)
         top_sims = np.take_along_axis(psims, order, 1).astype(np.float64)
         neigh_lab = train_l[top_idx]  # (B, kmax), nearest first
-        target = test_l[s:s + B]
         rows = np.arange(B)
+        votes = {}
         for k in ks:
             w = np.exp(top_sims[:, :k] / T)
             flat = (rows[:, None] * C + neigh_lab[:, :k]).ravel()
-            probs = np.bincount(flat, weights=w.ravel(), minlength=B * C).reshape(B, C)
-            pred = np.argsort(-probs, axis=1, kind="stable")
-            hit = pred == target[:, None]
-            correct[k][0] += int(hit[:, :1].sum())
-            correct[k][1] += int(hit[:, :min(5, k, C)].sum())
-    n = len(test_f)
-    return {k: {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n} for k, (c1, c5) in correct.items()}
+            votes[k] = np.bincount(flat, weights=w.ravel(), minlength=B * C).reshape(B, C)
+        yield s, votes
+
+
+def knn_predict(train_features, train_labels, test_features, k: int = 20, T: float = 0.07,
+                num_classes: int | None = None, chunk: int = 256) -> np.ndarray:
+    """Per-sample top-1 predictions of the weighted k-NN (ties: the lowest class id)."""
+    preds = np.empty(len(test_features), dtype=np.int64)
+    for s, votes in knn_votes(train_features, train_labels, test_features, (k,), T, num_classes, chunk):
+        v = votes[int(k)]
+        preds[s:s + len(v)] = np.argsort(-v, axis=1, kind="stable")[:, 0]
+    return preds
+
+
+def knn_classify(train_features, train_labels, test_features, test_labels, ks: Iterable[int] = (20,),
+                 T: float = 0.07, num_classes: int | None = None, chunk: int = 256) -> dict:
+    """Weighted k-NN accuracy for every k in ``ks``: ``{k: {"top1": %, "top5": %}}``."""
+    test_l = np.asarray(test_labels, dtype=np.int64)
+    if len(test_features) != len(test_l):
+        raise ValueError("test features and labels differ in length")
+    C = int(num_classes) if num_classes else int(max(np.max(train_labels), test_l.max())) + 1
+    correct = {}
+    for s, votes in knn_votes(train_features, train_labels, test_features, ks, T, C, chunk):
+        for k, v in votes.items():
+            pred = np.argsort(-v, axis=1, kind="stable")
+            hit = pred == test_l[s:s + len(v), None]
+            c = correct.setdefault(k, [0, 0])
+            c[0] += int(hit[:, :1].sum())
+            c[1] += int(hit[:, :min(5, k, C)].sum())
+    n = len(test_l)
+    return {k: {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n} for k, (c1, c5) in sorted(correct.items())}
 
 
 def format_knn(results: dict, T: float, what: str = "") -> str:

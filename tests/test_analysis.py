@@ -61,21 +61,6 @@ def test_analyze_cli_npy(tmp_path):
     assert bad.returncode != 0 and "hssl" in bad.stderr.lower()
 
 
-def test_knn_predictions_match_knn_accuracy():
-    """Per-sample predictions agree with jhssl.knn's weighted k-NN accuracy."""
-    from jhssl.knn import knn_classify
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(3, 8))
-    tl = rng.integers(0, 3, 60)
-    vl = rng.integers(0, 3, 40)
-    tr = centers[tl] + rng.normal(scale=1.5, size=(60, 8))
-    va = centers[vl] + rng.normal(scale=1.5, size=(40, 8))
-    for k in (1, 5, 20):
-        pred = A.knn_predictions(tr, tl, va, k=k, T=0.07, num_classes=3)
-        acc = knn_classify(tr, tl, va, vl, ks=[k], T=0.07, num_classes=3)[k]["top1"]
-        assert 100.0 * np.mean(pred == vl) == pytest.approx(acc)
-    with pytest.raises(ValueError, match="k=100"):
-        A.knn_predictions(tr, tl, va, k=100)
 
 
 MICRO = "vit_micro_search_test"

@@ -146,3 +146,20 @@ def test_checkpoint_round_trip_and_cli(tmp_path, capsys):
     import json
     res = json.load(open(out))["results"]
     assert set(res) == {"5", "10"} and 0 <= res["10"]["top1"] <= 100
+
+
+def test_knn_predictions_match_knn_accuracy():
+    """Per-sample predictions agree with jhssl.knn's weighted k-NN accuracy."""
+    from jhssl.knn import knn_classify, knn_predict
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 8))
+    tl = rng.integers(0, 3, 60)
+    vl = rng.integers(0, 3, 40)
+    tr = centers[tl] + rng.normal(scale=1.5, size=(60, 8))
+    va = centers[vl] + rng.normal(scale=1.5, size=(40, 8))
+    for k in (1, 5, 20):
+        pred = knn_predict(tr, tl, va, k=k, T=0.07, num_classes=3)
+        acc = knn_classify(tr, tl, va, vl, ks=[k], T=0.07, num_classes=3)[k]["top1"]
+        assert 100.0 * np.mean(pred == vl) == pytest.approx(acc)
+    with pytest.raises(ValueError, match="k=100"):
+        knn_predict(tr, tl, va, k=100)
