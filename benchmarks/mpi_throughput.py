@@ -126,6 +126,20 @@ def launch(cmd, result):
     return res
 
 
+def reading(rec):
+    """How to read the speed-up, depending on whether other jobs shared the cores."""
+    cores = rec["machine"]["cores"]
+    busy = max(rec["loadavg_before"][0], rec["loadavg_after"][0]) > cores
+    if busy:
+        return ("Reading the figures: the cores were shared with other jobs (load average above the core count), and "
+                "the scheduler gives each runnable process a share, so two ranks receive about twice the CPU time one "
+                "process gets: the wall-clock speed-up says little about the code.")
+    return ("Reading the figures: with the machine otherwise idle, one process already uses both cores through "
+            "oneDNN's threads, so two ranks on the same 2 cores can only gain from running their less parallel parts "
+            "side by side; the all-reduce costs the share shown. On a GPU node each rank owns a GPU and the all-reduce "
+            "runs on NCCL.")
+
+
 def write_md(path, rec):
     one, two = rec["runs"]["1"], rec["runs"]["2"]
     lines = [
@@ -135,7 +149,7 @@ def write_md(path, rec):
         f"Date: {rec['date']}  ",
         f"Machine: {rec['machine']['cpu']}, {rec['machine']['cores']} cores; Python {rec['machine']['python']}  ",
         f"Load average (1/5/15 min) before: {rec['loadavg_before']}, after: {rec['loadavg_after']} "
-        f"(the CPU was shared with other jobs: figures are indicative)  ",
+        f"({'other jobs shared the CPU: figures are indicative' if max(rec['loadavg_before'][0], rec['loadavg_after'][0]) > rec['machine']['cores'] else 'no other heavy job'})  ",
         f"Model: `{rec['config']}` {' '.join(rec['overrides'])} (global batch {one['global_batch']}, "
         f"{one['grad_tensors']} gradient tensors, {one['grad_floats'] / 1e6:.2f} M floats)",
         "",
@@ -152,14 +166,7 @@ def write_md(path, rec):
               f"{rec['iters']} steps after {rec['warmup']} warm-up steps. The all-reduce figure sends buffers shaped "
               "like every gradient once, alone; waiting for the slower rank inside a real step is not in it.",
               "",
-              "Reading the figures: the wall-clock speed-up on this machine says little about the code. "
-              "The 2 cores were shared with other jobs (load average above, i.e. 3-4 runnable processes per "
-              "core), and the scheduler gives each runnable process a share, so two ranks receive about twice "
-              "the CPU time one process gets. The CPU time per step (summed over ranks; process time, all "
-              "threads) is the cost of the step on this contended machine; a lower total for 2 ranks than for "
-              "one process does not mean MPI is cheaper: most likely (not verified) the single process's "
-              "worker threads burn CPU waiting for each other while descheduled under contention. On an idle 2-core machine expect at most 2x and likely less; "
-              "on a GPU node each rank owns a GPU and the all-reduce runs on NCCL."]
+              reading(rec)]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
