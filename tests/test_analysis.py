@@ -7,9 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from _train_helpers import register_tiny_vit as _register_micro
 from jhssl import analysis as A
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO = "vit_test_tiny"  # dim 32, depth 2, 2 heads
 
 
 def _mask(idx, n=10):
@@ -59,22 +61,6 @@ def test_analyze_cli_npy(tmp_path):
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "run", "analyze.py"), "--baseline-correct", paths[0]],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "hssl" in bad.stderr.lower()
-
-
-
-
-MICRO = "vit_micro_search_test"
-
-
-def _register_micro():
-    import models  # noqa: F401
-    from models.registry import list_models, register_model
-    from models.vit import _vit
-    if MICRO not in list_models():
-        def vit_micro_search_test(patch_size=4, **kw):
-            kw.update(embed_dim=32, depth=2, num_heads=2)
-            return _vit("tiny", patch_size, kw)
-        register_model(vit_micro_search_test)
 
 
 def test_correctness_from_checkpoints(tmp_path):

@@ -13,19 +13,10 @@ from PIL import Image
 import jhssl  # noqa: F401
 from jhssl.config import ConfigError, load_config
 
+from _train_helpers import register_tiny_vit as _register_micro  # noqa: E402  (registers vit_test_tiny)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MICRO = "vit_micro_search_test"
-
-
-def _register_micro():
-    import models
-    from models.registry import list_models, register_model
-    from models.vit import _vit
-    if MICRO not in list_models():
-        def vit_micro_search_test(patch_size=4, **kw):
-            kw.update(embed_dim=32, depth=2, num_heads=2)
-            return _vit("tiny", patch_size, kw)
-        register_model(vit_micro_search_test)
+MICRO = "vit_test_tiny"  # dim 32, depth 2, 2 heads
 
 
 @pytest.fixture(scope="module")
