@@ -144,6 +144,7 @@ def test_bar_chart_png(tmp_path):
     from PIL import Image
     img = Image.open(p).convert("RGB")
     # the highlighted bar is drawn in the second colour
-    assert M._COLORS[1] in {c for _, c in img.getcolors(1 << 20)}
+    from jhssl.plots import _COLORS
+    assert _COLORS[1] in {c for _, c in img.getcolors(1 << 20)}
     with pytest.raises(ValueError):
         M.plot_bars_png(p, ["a"], [])
