@@ -166,13 +166,16 @@ class SSLNetwork(nn.Module):
             return self.aux_last_layer(self.aux_proj(x))
         return self.last_layer(self.head(x))
 
-    def forward(self, crops, masks, n_global, want):
+    def forward(self, crops, masks, n_global, want, rows=None):
+        """``rows``: None (every patch token projected, (R, N, K) outputs) or ``(index, weight)`` of
+        the masked rows: patch outputs become (M, K) and ``*_patch_mean`` the mean logits over every
+        token (as jhssl.methods.masked_rows does)."""
         groups, start = [], 0
         for i in range(1, len(crops) + 1):
             if i == len(crops) or crops[i].shape[-2:] != crops[start].shape[-2:] or i == n_global:
                 groups.append((start, i))
                 start = i
-        acc = {k: [] for k in want}
+        acc = {k: [] for k in list(want) + ["base_tokens", "head_tokens"]}
         for a, b in groups:
             x = torch.cat(crops[a:b], dim=0)
             is_global = a < n_global
@@ -181,14 +184,39 @@ class SSLNetwork(nn.Module):
             if "base_cls" in want:
                 acc["base_cls"].append(self.project(out["cls"], "base"))
             if is_global and "base_patch" in want:
-                acc["base_patch"].append(self.project(out["patch"], "base"))
+                acc["base_tokens"].append(out["patch"])
             if self.aux_head is not None and ({"head_cls", "head_patch"} & set(want)):
                 h = self.aux_head(out["head_input"], out["grid"])
                 if "head_cls" in want:
                     acc["head_cls"].append(self.project(h["cls"], "head"))
                 if is_global and "head_patch" in want:
-                    acc["head_patch"].append(self.project(h["patch"], "head"))
+                    acc["head_tokens"].append(h["patch"])
+        for which in ("base", "head"):
+            tokens = acc.pop(which + "_tokens")
+            if not tokens:
+                continue
+            x = torch.cat(tokens, dim=0)
+            if rows is None:
+                acc[which + "_patch"].append(self.project(x, which))
+                continue
+            mlp, last = (self.aux_proj, self.aux_last_layer) if which == "head" else (self.head, self.last_layer)
+            x = x.reshape(-1, x.shape[-1])
+            if which + "_patch_mean" in want:  # teacher: MLP on every token, prototypes on masked + mean rows
+                z = mlp(x)
+                acc[which + "_patch"].append(last(z[rows[0]]))
+                acc[which + "_patch_mean"].append(last(z.mean(0, keepdim=True)))
+            else:
+                acc[which + "_patch"].append(last(mlp(x[rows[0]])))
         return {k: torch.cat(v, dim=0) for k, v in acc.items() if v}
+
+
+def masked_rows(masks):
+    """(index, weight) of the masked rows of the flattened global-crop tokens (iBOT's average)."""
+    m = torch.cat([mk.reshape(mk.shape[0], -1) for mk in masks], dim=0).bool()
+    counts = m.sum(1).clamp(min=1).double()
+    per_image = 1.0 / (len(masks) * masks[0].shape[0] * counts)
+    index = m.reshape(-1).nonzero().squeeze(1)
+    return index, per_image[index // m.shape[1]].float()
 
 
 def _ce(t, s):
@@ -204,7 +232,7 @@ class SelfDistillationLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("center_patch", torch.zeros(1, 1, out_dim))
 
-    def forward(self, student_cls, student_patch, teacher_cls, teacher_patch, masks):
+    def forward(self, student_cls, student_patch, teacher_cls, teacher_patch, masks, teacher_patch_mean=None):
         t_cls = F.softmax((teacher_cls - self.center) / self.tt, dim=-1).chunk(self.n_global)
         loss = 0.0
         for logits in student_cls.values():
@@ -216,26 +244,33 @@ class SelfDistillationLoss(nn.Module):
                         total, n = total + _ce(t, s).mean(), n + 1
             loss = loss + total / n
         if student_patch:
-            t_patch = F.softmax((teacher_patch - self.center_patch) / self.pt, dim=-1).chunk(self.n_global)
-            for logits in student_patch.values():
-                total = 0.0
-                for q, (t, s) in enumerate(zip(t_patch, (logits / self.st).chunk(self.n_global))):
-                    m = masks[q].reshape(masks[q].shape[0], -1).float()
-                    total = total + ((_ce(t, s) * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
-                loss = loss + total / self.n_global
+            if isinstance(masks, tuple):  # masked rows (index, weight): patch outputs are (M, K)
+                t_patch = F.softmax((teacher_patch - self.center_patch.reshape(1, -1)) / self.pt, dim=-1)
+                for logits in student_patch.values():
+                    loss = loss + (_ce(t_patch, logits / self.st) * masks[1]).sum()
+            else:
+                t_patch = F.softmax((teacher_patch - self.center_patch) / self.pt, dim=-1).chunk(self.n_global)
+                for logits in student_patch.values():
+                    total = 0.0
+                    for q, (t, s) in enumerate(zip(t_patch, (logits / self.st).chunk(self.n_global))):
+                        m = masks[q].reshape(masks[q].shape[0], -1).float()
+                        total = total + ((_ce(t, s) * m).sum(-1) / m.sum(-1).clamp(min=1.0)).mean()
+                    loss = loss + total / self.n_global
         with torch.no_grad():
             self.center.mul_(self.m).add_(teacher_cls.mean(0, keepdim=True) * (1 - self.m))
-            if teacher_patch is not None:
-                pc = teacher_patch.mean(1).mean(0, keepdim=True).unsqueeze(0)
-                self.center_patch.mul_(self.m).add_(pc * (1 - self.m))
+            if teacher_patch_mean is not None:
+                self.center_patch.mul_(self.m).add_(teacher_patch_mean.reshape(1, 1, -1) * (1 - self.m))
         return loss
 
 
 class TorchHSSL:
-    """Student/teacher iBOT (+ HSSL ConvNext head when ``hssl``), one training step per ``step``."""
+    """Student/teacher iBOT (+ HSSL ConvNext head when ``hssl``), one training step per ``step``.
+
+    ``masked_projection`` mirrors jhssl.perf.masked_projection: only the masked patch tokens are
+    projected (the benchmark runs both frameworks with the same setting)."""
 
     def __init__(self, arch, patch_size, img_size, hssl, out_dim, hidden_dim, bottleneck_dim, nlayers,
-                 n_local, head_depth=3, norm_last_layer=False, lr=5e-4):
+                 n_local, head_depth=3, norm_last_layer=False, lr=5e-4, masked_projection=True):
         def net():
             vit = ViT(arch, patch_size, img_size, use_mask_token=True)
             head = ConvNextAuxHead(vit.num_features, head_depth) if hssl else None
@@ -246,17 +281,24 @@ class TorchHSSL:
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.hssl = hssl
+        self.masked_projection = masked_projection
         self.loss = SelfDistillationLoss(out_dim, 2, n_local)
         self.opt = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad], lr=lr)
 
     def step(self, crops, masks, momentum=0.996):
         cls_t, patch_t = ("head_cls", "head_patch") if self.hssl else ("base_cls", "base_patch")
         branches = ["base", "head"] if self.hssl else ["base"]
+        rows = masked_rows(masks) if self.masked_projection else None
         with torch.no_grad():
-            t = self.teacher(crops[:2], None, 2, [cls_t, patch_t])
-        s = self.student(crops, masks, 2, [b + "_cls" for b in branches] + [b + "_patch" for b in branches])
+            t = self.teacher(crops[:2], None, 2, [cls_t, patch_t] + ([patch_t + "_mean"] if rows else []), rows)
+        s = self.student(crops, masks, 2, [b + "_cls" for b in branches] + [b + "_patch" for b in branches], rows)
+        if rows is None:
+            p = t[patch_t]
+            patch_mean = p.reshape(-1, p.shape[-1]).mean(0, keepdim=True)
+        else:
+            patch_mean = t[patch_t + "_mean"]
         loss = self.loss({b: s[b + "_cls"] for b in branches}, {b: s[b + "_patch"] for b in branches},
-                         t[cls_t], t[patch_t], masks)
+                         t[cls_t], t[patch_t], rows if rows is not None else masks, patch_mean)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

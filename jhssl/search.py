@@ -11,6 +11,10 @@ One training run with *all* candidate heads in parallel on the same base model:
   same terms, centering and temperatures as a single-head HSSL run: one
   :class:`jhssl.methods.SelfDistillationLoss` per candidate, each with its own centers);
 * the total loss is the mean over candidates (Eq. 7);
+* the shipped search recipes (``configs/search_*.yaml``) set ``hssl.patch_level: none``: Eq. 6 has
+  image-level terms only, and iBOT's patch terms would need a patch projection per base/head pair
+  (12 for six heads), which makes a step ~3.9x a one-head step instead of the paper's 1.4x
+  (``benchmarks/run.py``). Any ``patch_level`` works;
 * after training, ``D_i = KL(z1^b || z1^{hi})`` (Eq. 8) from the teacher probabilities of the base
   (through the projection paired with head i) and of head i, averaged over held-out images; the
   recommended head is ``argmax_i D_i``.
@@ -38,7 +42,7 @@ from jittor import nn
 
 from jhssl.config import HEAD_ARCHS, ConfigError
 from jhssl.methods.losses import SelfDistillationLoss
-from jhssl.methods.network import backbone_passes, finish_outputs, new_outputs
+from jhssl.methods.network import backbone_passes, new_outputs
 from jhssl.methods.selfdistill import SelfDistillation, build_model
 from jhssl import dist, metrics
 from jhssl.fileio import atomic_write_text
@@ -94,7 +98,8 @@ class SearchNetwork(nn.Module):
         self.branches = nn.ModuleList(list(branches))
         self.names = list(names)
 
-    def execute(self, crops, masks=None, n_global=None, want=("base_cls", "base_patch", "head_cls", "head_patch")):
+    def execute(self, crops, masks=None, n_global=None, want=("base_cls", "base_patch", "head_cls", "head_patch"),
+                patch_rows=None):
         """Like ``SSLNetwork.execute`` but returns ``{candidate name: {key: Var}}``.
 
         The backbone runs once per group of equal-size crops; every branch projects those
@@ -105,7 +110,7 @@ class SearchNetwork(nn.Module):
         for is_global, out in backbone_passes(self.backbone, crops, masks, n_global):
             for br, ac in zip(self.branches, acc):
                 br.collect(out, is_global, want, ac)
-        return {name: finish_outputs(ac) for name, ac in zip(self.names, acc)}
+        return {name: br.finish(ac, want, patch_rows) for name, br, ac in zip(self.names, self.branches, acc)}
 
 
 class _LossBank(nn.Module):
@@ -137,15 +142,11 @@ class SearchMethod(SelfDistillation):
         return self.bank.losses[i]
 
     def compute_loss(self, crops, masks, epoch):
-        t, s, use_masks = self.forward_pair(crops, masks)
+        t, s, patch_masks = self.forward_pair(crops, masks)
         parts: Dict[str, jt.Var] = {}
         total = 0.0
         for i, name in enumerate(self.names):
-            si, ti = s[name], t[name]
-            out = self.loss_for(i)({n: si[n + "_cls"] for n in self.cls_students},
-                                   {n: si[n + "_patch"] for n in self.patch_students},
-                                   ti[self.cls_target], ti[self.patch_target] if self.patch_target else None,
-                                   use_masks, epoch)
+            out = self.loss_terms(self.loss_for(i), t[name], s[name], patch_masks, epoch)
             parts["loss_" + name] = out["loss"]
             total = total + out["loss"]
         parts["loss"] = total / len(self.names)  # Eq. 7

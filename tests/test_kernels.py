@@ -162,18 +162,23 @@ def test_switch_off_never_touches_custom_ops(monkeypatch):
     np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=TOL, atol=TOL)
 
 
-def test_switch_from_environment(monkeypatch):
-    monkeypatch.setattr(perf, "_fast_kernels", None)
-    monkeypatch.setenv("JHSSL_FAST_KERNELS", "0")
-    assert perf.fast_kernels_enabled() is False
-    monkeypatch.setattr(perf, "_fast_kernels", None)
-    monkeypatch.setenv("JHSSL_FAST_KERNELS", "1")
-    assert perf.fast_kernels_enabled() is True
-    with perf.fast_kernels(False):
-        assert perf.fast_kernels_enabled() is False
-    assert perf.fast_kernels_enabled() is True
+@pytest.mark.parametrize("env,switch", [("JHSSL_FAST_KERNELS", "fast_kernels"),
+                                        ("JHSSL_MASKED_PROJECTION", "masked_projection")])
+def test_switch_from_environment(monkeypatch, env, switch):
+    enabled, setter, scoped = (getattr(perf, f"{switch}_enabled"), getattr(perf, f"set_{switch}"),
+                               getattr(perf, switch))
+    state = perf._FAST_KERNELS if switch == "fast_kernels" else perf._MASKED_PROJECTION
+    monkeypatch.setattr(state, "value", None)
+    monkeypatch.setenv(env, "0")
+    assert enabled() is False
+    monkeypatch.setattr(state, "value", None)
+    monkeypatch.setenv(env, "1")
+    assert enabled() is True
+    with scoped(False):
+        assert enabled() is False
+    assert enabled() is True
     with pytest.raises(TypeError):
-        perf.set_fast_kernels("no")
+        setter("no")
 
 
 def test_build_failure_falls_back_with_one_warning(monkeypatch):

@@ -13,7 +13,8 @@ where the papers are silent:
   of pairs). Local crops feed the student only.
 * Masked-patch terms (iBOT) are same-view (``v == q``, global crops only): per image the
   token losses are averaged over its masked tokens (``sum(mask * l) / max(sum(mask), 1)``),
-  then averaged over the batch and over the global crops. Before iBOT's MIM start epoch the
+  then averaged over the batch and over the global crops. Computed as a weighted sum over the
+  masked tokens only (:mod:`jhssl.methods.masked_rows`), so the unmasked ones need no projection. Before iBOT's MIM start epoch the
   masks are empty and the term is 0 (official code, not stated in the paper).
 * total = lambda1 * (sum of CLS terms) + lambda2 * (sum of patch terms). For HSSL the base and
   head terms are *summed* (paper Eq. 1). The authors' Jittor code instead takes
@@ -37,6 +38,8 @@ from jittor import nn
 from jhssl import dist
 from jhssl.schedules import teacher_temp_schedule
 
+from .masked_rows import MaskedRows
+
 
 def _cross_entropy(teacher_probs, student_logits):
     """Per-row ``-sum_k p_k log softmax(s)_k`` over the last axis."""
@@ -49,10 +52,12 @@ class SelfDistillationLoss(nn.Module):
 
     ``execute`` takes:
       student_cls: dict name -> (n_crops * B, K) student CLS logits (global crops first);
-      student_patch: dict name -> (n_global * B, N, Kp) student patch logits of the global crops;
+      student_patch: dict name -> (n_global * B, N, Kp) student patch logits of the global crops
+        (or (M, Kp) masked rows when ``masks`` is a MaskedRows);
       teacher_cls: (n_global * B, K) teacher CLS logits (the target);
-      teacher_patch: (n_global * B, N, Kp) teacher patch logits (the target) or None;
-      masks: list of n_global bool/float (B, N) or (B, H, W) masks, or None;
+      teacher_patch: (n_global * B, N, Kp) teacher patch logits (the target; (M, Kp) rows with a
+        MaskedRows) or None;
+      masks: list of n_global bool/float (B, N) or (B, H, W) masks, a MaskedRows, or None;
       epoch: int, picks the teacher temperature.
     It returns a dict with ``loss`` and one ``cls_<name>`` / ``patch_<name>`` entry per term.
     """
@@ -102,21 +107,18 @@ class SelfDistillationLoss(nn.Module):
             raise ValueError("DINO/iBOT CLS loss needs at least two crops (one teacher, one other student view)")
         return total / n
 
-    def patch_term(self, teacher_probs_chunks, student_logits, masks):
-        chunks = (student_logits / self.student_temp).chunk(self.n_global, dim=0)
-        total = 0.0
-        for q, (t, s) in enumerate(zip(teacher_probs_chunks, chunks)):
-            m = masks[q]
-            m = m.reshape((m.shape[0], -1)).float32()
-            if m.shape[1] != s.shape[1]:
-                raise ValueError(f"mask of global crop {q} has {m.shape[1]} positions but the "
-                                 f"model produced {s.shape[1]} patch tokens")
-            per_token = _cross_entropy(t, s)  # (B, N)
-            per_image = (per_token * m).sum(dim=-1) / jt.maximum(m.sum(dim=-1), 1.0)
-            total = total + per_image.mean()
-        return total / self.n_global
+    def patch_term(self, teacher_probs, student_logits, rows):
+        """iBOT's masked-patch term on masked rows: ``sum_r w_r * L(t_r, s_r)`` (see MaskedRows)."""
+        if student_logits.shape[0] != rows.weight.shape[0]:
+            raise ValueError(f"student patch output has {student_logits.shape[0]} rows but "
+                             f"{rows.weight.shape[0]} tokens are masked")
+        return (_cross_entropy(teacher_probs, student_logits / self.student_temp) * rows.weight).sum()
 
-    def execute(self, student_cls, student_patch, teacher_cls, teacher_patch, masks, epoch):
+    def execute(self, student_cls, student_patch, teacher_cls, teacher_patch, masks, epoch,
+                teacher_patch_mean=None):
+        """``masks``: the global crops' masks (a list) with full patch outputs (R, N, K), or a
+        :class:`MaskedRows` with patch outputs already reduced to its rows (M, K) and the teacher's
+        mean patch logits ``teacher_patch_mean`` (1, K) for the center."""
         temp, patch_temp = self._temps(epoch)
         teacher_cls = teacher_cls.detach()
         t_cls = nn.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
@@ -135,26 +137,40 @@ class SelfDistillationLoss(nn.Module):
             if teacher_patch is None or masks is None:
                 raise ValueError("iBOT patch terms need the teacher patch target and the masks")
             teacher_patch = teacher_patch.detach()
-            t_patch = nn.softmax((teacher_patch - self.center_patch) / patch_temp, dim=-1).detach()
-            t_patch_chunks = t_patch.chunk(self.n_global, dim=0)
+            if isinstance(masks, MaskedRows):
+                rows = masks
+                if teacher_patch_mean is None:
+                    raise ValueError("patch outputs given as masked rows need teacher_patch_mean for the center")
+            else:  # full outputs: reduce them to the masked rows here (one formula for both forms)
+                rows = MaskedRows(masks)
+                for name, logits in student_patch.items():
+                    rows.check_tokens(logits)
+                rows.check_tokens(teacher_patch)
+                teacher_patch_mean = teacher_patch.reshape((-1, teacher_patch.shape[-1])).mean(0, keepdims=True)
+                teacher_patch = rows.take(teacher_patch)
+                student_patch = {name: rows.take(logits) for name, logits in student_patch.items()}
+            center = self.center_patch.reshape((1, -1))
+            t_patch = nn.softmax((teacher_patch - center) / patch_temp, dim=-1).detach()
             patch_sum = 0.0
             for name, logits in student_patch.items():
-                parts["patch_" + name] = self.patch_term(t_patch_chunks, logits, masks)
+                parts["patch_" + name] = self.patch_term(t_patch, logits, rows)
                 patch_sum = patch_sum + parts["patch_" + name]
             loss = loss + self.lambda2 * patch_sum
 
-        self.update_centers(teacher_cls, teacher_patch if self.use_patch else None)
+        self.update_centers(teacher_cls, teacher_patch_mean.detach() if teacher_patch_mean is not None else None)
         parts["loss"] = loss
         return parts
 
-    def update_centers(self, teacher_cls, teacher_patch=None):
-        """EMA of the batch mean of the teacher targets (global batch under MPI)."""
+    def update_centers(self, teacher_cls, teacher_patch_mean=None):
+        """EMA of the batch mean of the teacher targets (global batch under MPI).
+
+        ``teacher_patch_mean``: (1, K) mean of the teacher's patch logits over every global-crop
+        token of this rank (equal token counts per rank, so the mean over ranks is the global one)."""
         with jt.no_grad():
             batch_center = dist.all_reduce_mean(teacher_cls.mean(dim=0, keepdims=True))
             m = self.center_momentum
             self.center.update((self.center * m + batch_center * (1 - m)).stop_grad())
-            if teacher_patch is not None and self.center_patch is not None:
-                patch_center = dist.all_reduce_mean(teacher_patch.mean(dim=1).mean(dim=0, keepdims=True))
-                patch_center = patch_center.unsqueeze(0)
+            if teacher_patch_mean is not None and self.center_patch is not None:
+                patch_center = dist.all_reduce_mean(teacher_patch_mean).reshape(self.center_patch.shape)
                 mp = self.patch_center_momentum
                 self.center_patch.update((self.center_patch * mp + patch_center * (1 - mp)).stop_grad())

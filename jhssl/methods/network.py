@@ -66,48 +66,93 @@ class SSLNetwork(nn.Module):
         return self._prototypes(which, tokens)(self._mlp(which)(feats))
 
     # -- forward -----------------------------------------------------------------------------
-    def execute(self, crops, masks=None, n_global=None, want=("base_cls", "base_patch", "head_cls", "head_patch")):
+    def execute(self, crops, masks=None, n_global=None, want=("base_cls", "base_patch", "head_cls", "head_patch"),
+                patch_rows=None):
         """Run the crops (a list of (B, 3, H, W) Vars; crops of equal size are batched together).
 
         ``masks`` (list, one per global crop) go to the base model of the first ``n_global`` crops.
         Returns a dict with the requested keys among
           ``base_cls`` / ``head_cls``: (n_crops * B, K) projected CLS logits, crop-major;
-          ``base_patch`` / ``head_patch``: (n_global * B, N, Kp) projected patch logits (global crops);
+          ``base_patch`` / ``head_patch``: (n_global * B, N, Kp) projected patch logits (global crops),
+              or (M, Kp) for the masked rows only when ``patch_rows`` (a
+              :class:`jhssl.methods.masked_rows.MaskedRows`) is given;
+          ``base_patch_mean`` / ``head_patch_mean``: (1, Kp) mean patch logits over every global-crop
+              token (the teacher's center input), computed without projecting every token;
           ``base_feat`` / ``head_feat``: (n_crops * B, C) the base's / head's CLS features (unprojected).
         """
+        want = set(want)
         acc = new_outputs()
         for is_global, out in backbone_passes(self.backbone, crops, masks, n_global):
-            self.collect(out, is_global, set(want), acc)
-        return finish_outputs(acc)
+            self.collect(out, is_global, want, acc)
+        return self.finish(acc, want, patch_rows)
 
     def collect(self, out, is_global, want, acc):
-        """Append this network's requested projections of one backbone pass (``out``) to ``acc``."""
+        """Add this network's requested outputs of one backbone pass (``out``) to ``acc``.
+
+        CLS tokens are projected here; global-crop patch tokens are kept and projected by
+        :meth:`finish` once all passes are in (the masked rows index all global crops together)."""
         if "base_feat" in want:
             acc["base_feat"].append(out["cls"])
         if "base_cls" in want:
             acc["base_cls"].append(self.project(out["cls"], "base", "cls"))
-        if is_global and "base_patch" in want:
-            acc["base_patch"].append(self.project(out["patch"], "base", "patch"))
-        if self.aux_head is not None and want & {"head_cls", "head_patch", "head_feat"}:
+        if is_global and want & {"base_patch", "base_patch_mean"}:
+            acc["base_patch_tokens"].append(out["patch"])
+        if self.aux_head is not None and want & {"head_cls", "head_patch", "head_patch_mean", "head_feat"}:
             h = self.aux_head(out["head_input"], out["grid"])
             if "head_feat" in want:
                 acc["head_feat"].append(h["cls"])
             if "head_cls" in want:
                 acc["head_cls"].append(self.project(h["cls"], "head", "cls"))
-            if is_global and "head_patch" in want:
-                acc["head_patch"].append(self.project(h["patch"], "head", "patch"))
+            if is_global and want & {"head_patch", "head_patch_mean"}:
+                acc["head_patch_tokens"].append(h["patch"])
+
+    def finish(self, acc, want, patch_rows=None):
+        """Project the collected patch tokens and concatenate every output over the passes."""
+        for which in ("base", "head"):
+            tokens = acc.pop(which + "_patch_tokens")
+            if not tokens:
+                continue
+            x = _concat(tokens)  # (n_global * B, N, C)
+            mlp, prototypes = self._mlp(which), self._prototypes(which, "patch")
+            mean_wanted = which + "_patch_mean" in want
+            if patch_rows is None:
+                logits = prototypes(mlp(x))
+                if which + "_patch" in want:
+                    acc[which + "_patch"].append(logits)
+                if mean_wanted:
+                    acc[which + "_patch_mean"].append(logits.reshape((-1, logits.shape[-1])).mean(0, keepdims=True))
+                continue
+            patch_rows.check_tokens(x)
+            if mean_wanted or mlp.batch_dependent:
+                # Every token through the MLP: the mean row needs them all, and with BatchNorm the
+                # MLP's output depends on the whole batch. The prototype layer is linear, so the mean
+                # of the logits is the prototypes of the mean row.
+                z = mlp(x)
+                z = z.reshape((-1, z.shape[-1]))
+                if mean_wanted:
+                    acc[which + "_patch_mean"].append(prototypes(z.mean(0, keepdims=True)))
+                if which + "_patch" in want:
+                    acc[which + "_patch"].append(prototypes(patch_rows.take(z)))
+            elif which + "_patch" in want:
+                acc[which + "_patch"].append(prototypes(mlp(patch_rows.take(x))))
+        return finish_outputs(acc)
 
 
-_OUTPUT_KEYS = ("base_cls", "base_feat", "base_patch", "head_cls", "head_feat", "head_patch")
+_OUTPUT_KEYS = ("base_cls", "base_feat", "base_patch", "base_patch_mean", "base_patch_tokens",
+                "head_cls", "head_feat", "head_patch", "head_patch_mean", "head_patch_tokens")
 
 
 def new_outputs():
     return {k: [] for k in _OUTPUT_KEYS}
 
 
+def _concat(vs):
+    return jt.concat(vs, dim=0) if len(vs) > 1 else vs[0]
+
+
 def finish_outputs(acc):
     """Concatenate each requested output over the backbone passes (crop-major)."""
-    return {k: (jt.concat(v, dim=0) if len(v) > 1 else v[0]) for k, v in acc.items() if v}
+    return {k: _concat(v) for k, v in acc.items() if v}
 
 
 def backbone_passes(backbone, crops, masks=None, n_global=None):
@@ -124,10 +169,10 @@ def backbone_passes(backbone, crops, masks=None, n_global=None):
         if i == len(crops) or tuple(crops[i].shape[-2:]) != tuple(crops[start].shape[-2:]) or i == n_global:
             a, b = start, i
             start = i
-            x = jt.concat(list(crops[a:b]), dim=0) if b - a > 1 else crops[a]
+            x = _concat(list(crops[a:b]))
             is_global = a < n_global
             if masks is not None and is_global:
-                mask = jt.concat(list(masks[a:b]), dim=0) if b - a > 1 else masks[a]
+                mask = _concat(list(masks[a:b]))
                 yield is_global, backbone.forward_features(x, mask=mask)
             else:
                 yield is_global, backbone.forward_features(x)

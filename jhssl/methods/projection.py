@@ -37,7 +37,8 @@ class WeightNormLinear(nn.Module):
         return self.weight_v * (self.weight_g / norm)
 
     def execute(self, x):
-        return jt.matmul(x, self.weight().transpose(1, 0))
+        # x @ W^T without materialising W^T (oneDNN's GEMM reads W transposed)
+        return nn.matmul_transpose(x, self.weight())
 
 
 class _TokenBatchNorm(nn.Module):
@@ -80,6 +81,8 @@ class ProjectionMLP(nn.Module):
                 layers += hidden(hidden_dim)
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
         self.mlp = nn.Sequential(*layers)
+        # BatchNorm makes a token's output depend on the other tokens in the batch
+        self.batch_dependent = bool(use_bn)
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 _trunc_normal(m.weight, 0.02)

@@ -3,7 +3,10 @@ from jhssl import bootstrap  # noqa: F401
 
 import jittor as jt
 
+from jhssl import perf
+
 from .losses import SelfDistillationLoss
+from .masked_rows import MaskedRows
 from .network import SSLNetwork
 
 
@@ -96,28 +99,39 @@ class SelfDistillation:
     def forward_pair(self, crops, masks):
         """Teacher outputs on the global crops (no gradient) and student outputs on all crops.
 
-        Returns ``(teacher, student, masks)``: the two networks' output dicts and the masks
-        actually applied (None unless iBOT patch terms are on). ``crops``: 2 global + n_local
-        crops; ``masks``: one (B, ...) mask per global crop.
+        Returns ``(teacher, student, patch_masks)``: the two networks' output dicts and what the
+        loss takes as ``masks``: None without iBOT patch terms; with them a :class:`MaskedRows`
+        (patch outputs are the masked rows, the teacher also gives ``<target>_mean``) when
+        ``jhssl.perf.masked_projection_enabled()``, else the masks (full patch outputs).
+        ``crops``: 2 global + n_local crops; ``masks``: one (B, ...) mask per global crop.
         """
         if len(crops) != self.n_global + self.n_local:
             raise ValueError(f"expected {self.n_global} global + {self.n_local} local crops, got {len(crops)}")
-        want_t = {self.cls_target} | ({self.patch_target} if self.patch_target else set())
-        with jt.no_grad():
-            t = self.teacher(list(crops[:self.n_global]), n_global=self.n_global, want=want_t)
-        want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
         use_masks = masks if (self.method == "ibot" and self.patch_target) else None
-        s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s)
-        return t, s, use_masks
+        rows = None
+        if use_masks is not None and perf.masked_projection_enabled():
+            rows = MaskedRows(use_masks[:self.n_global])
+        want_t = {self.cls_target}
+        if self.patch_target:
+            want_t |= {self.patch_target} | ({self.patch_target + "_mean"} if rows is not None else set())
+        with jt.no_grad():
+            t = self.teacher(list(crops[:self.n_global]), n_global=self.n_global, want=want_t, patch_rows=rows)
+        want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
+        s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s, patch_rows=rows)
+        return t, s, (rows if rows is not None else use_masks)
+
+    def loss_terms(self, loss, t, s, patch_masks, epoch):
+        """``loss`` (a SelfDistillationLoss) on one teacher/student output pair from :meth:`forward_pair`."""
+        patch_mean = t.get(self.patch_target + "_mean") if self.patch_target else None
+        return loss({n: s[n + "_cls"] for n in self.cls_students},
+                    {n: s[n + "_patch"] for n in self.patch_students},
+                    t[self.cls_target], t[self.patch_target] if self.patch_target else None,
+                    patch_masks, epoch, teacher_patch_mean=patch_mean)
 
     def compute_loss(self, crops, masks, epoch):
         """Loss dict for one batch. ``crops``: 2 global + n_local crops; ``masks``: 2 (B, ...) masks."""
-        t, s, use_masks = self.forward_pair(crops, masks)
-        student_cls = {n: s[n + "_cls"] for n in self.cls_students}
-        student_patch = {n: s[n + "_patch"] for n in self.patch_students}
-        t_patch = t[self.patch_target] if self.patch_target else None
-        return self.loss(student_cls, student_patch, t[self.cls_target], t_patch,
-                         use_masks, epoch)
+        t, s, patch_masks = self.forward_pair(crops, masks)
+        return self.loss_terms(self.loss, t, s, patch_masks, epoch)
 
     # -- teacher EMA ---------------------------------------------------------------------------
     def param_pairs(self):

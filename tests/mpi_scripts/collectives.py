@@ -81,7 +81,8 @@ def main():
     loss = SelfDistillationLoss(16, 16, n_global=2, n_local=0, epochs=1, use_patch=True)
     b = 8 // n
     for cls, patch in steps:
-        loss.update_centers(jt.array(cls[r * b:(r + 1) * b]), jt.array(patch[r * b:(r + 1) * b]))
+        patch_mean = patch[r * b:(r + 1) * b].reshape(-1, 16).mean(0, keepdims=True)  # this rank's tokens
+        loss.update_centers(jt.array(cls[r * b:(r + 1) * b]), jt.array(patch_mean))
     res["center"] = dist.all_gather_rows(loss.center.numpy())          # (ranks, 16)
     res["center_patch"] = dist.all_gather_rows(loss.center_patch.numpy()[0])  # (ranks, 16)
     res["center_inputs_cls"] = np.stack([s[0] for s in steps])
