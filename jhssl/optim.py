@@ -3,6 +3,34 @@ from jhssl import bootstrap  # noqa: F401
 
 import jittor as jt
 
+from jhssl import perf
+
+# One pass over (param, grad, m, v) per parameter instead of Jittor's several fused kernels: 2x
+# faster on the CPU (1.1 vs 2.2 ns per parameter, 20 M parameters). The step's scalars come in as
+# ``data`` so a new learning rate never recompiles the kernel.
+_ADAMW_CPU_SRC = r"""
+    const float decay = data["decay"], b0 = data["b0"], b1 = data["b1"];
+    const float step = data["step"], rsqrt_bc2 = data["rsqrt_bc2"], eps = data["eps"];
+    const float* p = in0_p; const float* g = in1_p; const float* m = in2_p; const float* v = in3_p;
+    float* p_out = out0_p; float* m_out = out1_p; float* v_out = out2_p;
+    const int64 n = in0->num;
+    #pragma omp parallel for
+    for (int64 i = 0; i < n; i++) {
+        const float gi = g[i];
+        const float mi = b0 * m[i] + (1 - b0) * gi;
+        const float vi = b1 * v[i] + (1 - b1) * gi * gi;
+        m_out[i] = mi;
+        v_out[i] = vi;
+        p_out[i] = p[i] * decay - step * mi / (std::sqrt(vi) * rsqrt_bc2 + eps);
+    }
+"""
+
+
+def _fused_adamw_cpu(p, g, m, v, decay, step, b0, b1, rsqrt_bc2, eps):
+    """(new p, new m, new v) of one AdamW update (float32, CPU)."""
+    return jt.code([p.shape] * 3, [p.dtype] * 3, [p, g, m, v], cpu_src=_ADAMW_CPU_SRC,
+                   data={"decay": decay, "b0": b0, "b1": b1, "step": step, "rsqrt_bc2": rsqrt_bc2, "eps": eps})
+
 
 def param_groups(module):
     """DINO's ``get_params_groups``: biases and 1-D parameters (norms) get no weight decay.
@@ -55,11 +83,19 @@ class AdamW(jt.optim.Optimizer):
         n = float(self.updates)
         b0, b1 = self.betas
         bc1, bc2 = 1 - b0 ** n, 1 - b1 ** n
+        fused = perf.fast_kernels_enabled() and not jt.flags.use_cuda
         for pg in self.param_groups:
             lr = pg.get("lr", self.lr)
             wd = pg.get("weight_decay", self.weight_decay)
             for p, g, m, v in zip(pg["params"], pg["grads"], pg["m"], pg["values"]):
                 if p.is_stop_grad() or id(p) in self.frozen:
+                    continue
+                if fused and p.dtype == g.dtype == m.dtype == v.dtype == jt.float32:
+                    p_new, m_new, v_new = _fused_adamw_cpu(p, g, m, v, 1 - lr * wd, lr / bc1, b0, b1,
+                                                           1 / bc2 ** 0.5, self.eps)
+                    m.update(m_new)
+                    v.update(v_new)
+                    p.update(p_new)
                     continue
                 p.update(p * (1 - lr * wd))
                 m.update(b0 * m + (1 - b0) * g)

@@ -4,7 +4,8 @@ Each switch is on by default and can be turned off to compare against the plain 
 or to rule an optimisation out while debugging:
 
 * ``fast_kernels``: the fast custom kernels (oneDNN batched GEMM for attention on the CPU, cuBLAS
-  batched GEMM on the GPU, the fused softmax and LayerNorm). Environment ``JHSSL_FAST_KERNELS=0``.
+  batched GEMM on the GPU, the fused softmax and LayerNorm, the one-pass AdamW update on the CPU).
+  Environment ``JHSSL_FAST_KERNELS=0``.
 * ``masked_projection``: iBOT's masked-patch terms only see the masked tokens, so the student
   projects only those tokens and the teacher runs its prototype layer only on them plus one mean
   row for the center (``jhssl.methods.masked_rows``). Same loss and gradients; off, every patch
