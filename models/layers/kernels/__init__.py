@@ -20,7 +20,8 @@ _OP_FILES = ("dnnl_bmm_op.h", "dnnl_bmm_op.cc", "cpu_softmax_op.h", "cpu_softmax
              "cpu_softmax_backward_op.h", "cpu_softmax_backward_op.cc",
              "cpu_layer_norm_op.h", "cpu_layer_norm_op.cc",
              "cpu_layer_norm_grad_x_op.h", "cpu_layer_norm_grad_x_op.cc",
-             "cpu_layer_norm_grad_wb_op.h", "cpu_layer_norm_grad_wb_op.cc")
+             "cpu_layer_norm_grad_wb_op.h", "cpu_layer_norm_grad_wb_op.cc",
+             "cpu_row_stats.h")  # shared by the three LayerNorm ops (not an op itself)
 _lock = threading.Lock()
 _ops = None
 _failed = False

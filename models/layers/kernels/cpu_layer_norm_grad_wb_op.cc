@@ -5,6 +5,7 @@
 
 #include "var.h"
 #include "cpu_layer_norm_grad_wb_op.h"
+#include "cpu_row_stats.h"
 
 using namespace std;
 
@@ -51,12 +52,8 @@ void CpuLayerNormGradWbOp::jit_run() {
             if (@BIAS) {
                 for (int64 i = 0; i < cols; i++) acc[i] += gr[i];
             } else {
-                T s = 0;
-                for (int64 i = 0; i < cols; i++) s += xr[i];
-                T mean = s / cols;
-                T v = 0;
-                for (int64 i = 0; i < cols; i++) { T d = xr[i] - mean; v += d * d; }
-                T rstd = T(1) / std::sqrt(v / cols + e);
+                T mean, rstd;
+                layer_norm_row_stats(xr, cols, e, mean, rstd);
                 for (int64 i = 0; i < cols; i++) acc[i] += gr[i] * (xr[i] - mean) * rstd;
             }
         }

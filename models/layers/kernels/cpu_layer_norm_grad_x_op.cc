@@ -3,6 +3,7 @@
 
 #include "var.h"
 #include "cpu_layer_norm_grad_x_op.h"
+#include "cpu_row_stats.h"
 
 using namespace std;
 
@@ -42,12 +43,8 @@ void CpuLayerNormGradXOp::jit_run() {
         const T* xr = xp + r * cols;
         const T* gr = gp + r * cols;
         T* dr = dp + r * cols;
-        T s = 0;
-        for (int64 i = 0; i < cols; i++) s += xr[i];
-        T mean = s / cols;
-        T v = 0;
-        for (int64 i = 0; i < cols; i++) { T d = xr[i] - mean; v += d * d; }
-        T rstd = T(1) / std::sqrt(v / cols + e);
+        T mean, rstd;
+        layer_norm_row_stats(xr, cols, e, mean, rstd);
         T sg = 0, sgx = 0;
         for (int64 i = 0; i < cols; i++) {
             T g = gr[i] * wp[i];

@@ -4,6 +4,7 @@
 #include "var.h"
 #include "ops/op_register.h"
 #include "cpu_layer_norm_op.h"
+#include "cpu_row_stats.h"
 
 using namespace std;
 
@@ -58,12 +59,8 @@ void CpuLayerNormOp::jit_run() {
     for (int64 r = 0; r < rows; r++) {
         const T* xr = xp + r * cols;
         T* yr = yp + r * cols;
-        T s = 0;
-        for (int64 i = 0; i < cols; i++) s += xr[i];
-        T mean = s / cols;
-        T v = 0;
-        for (int64 i = 0; i < cols; i++) { T d = xr[i] - mean; v += d * d; }
-        T rstd = T(1) / std::sqrt(v / cols + e);
+        T mean, rstd;
+        layer_norm_row_stats(xr, cols, e, mean, rstd);
         for (int64 i = 0; i < cols; i++) yr[i] = (xr[i] - mean) * rstd * wp[i] + bp[i];
     }
 }
