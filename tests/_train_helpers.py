@@ -43,6 +43,13 @@ def tiny_config(output_dir="/tmp/jhssl_unused", data_root=None, extra=(), method
     return load_config(None, tiny_overrides(output_dir, data_root, method) + list(extra))
 
 
+def step_records(out_dir):
+    """The ``step`` records of a run's ``log.jsonl``, by iteration."""
+    import os
+    from jhssl.logging import read_jsonl
+    return {r["iteration"]: r for r in read_jsonl(os.path.join(out_dir, "log.jsonl")) if r.get("type") == "step"}
+
+
 def write_image_folder(root, n_per_class=4, classes=("a", "b"), size=20, seed=0):
     """root/{train,val}/<class>/<i>.png: class a is dark with a bright square, class b the reverse."""
     from PIL import Image

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(HERE)
 SCRIPTS = os.path.join(HERE, "mpi_scripts")
 sys.path.insert(0, HERE)
 
-from _train_helpers import write_image_folder  # noqa: E402
+from _train_helpers import step_records, write_image_folder  # noqa: E402
 
 MPIRUN = shutil.which("mpirun")
 pytestmark = [pytest.mark.mpi,
@@ -53,9 +53,7 @@ def data_root(tmp_path_factory):
 
 
 def step_losses(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-    return {r["iteration"]: r["loss"] for r in recs if r.get("type") == "step"}
+    return {i: r["loss"] for i, r in step_records(out_dir).items()}
 
 
 def load_state(path):

@@ -13,7 +13,7 @@ from PIL import Image
 import jhssl  # noqa: F401
 from jhssl.config import ConfigError, load_config
 
-from _train_helpers import register_tiny_vit as _register_micro  # noqa: E402  (registers vit_test_tiny)
+from _train_helpers import register_tiny_vit as _register_micro, step_records  # noqa: E402  (registers vit_test_tiny)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = "vit_test_tiny"  # dim 32, depth 2, 2 heads
@@ -123,8 +123,7 @@ def test_search_resume_continues_exactly(folder, tmp_path):
     train(cfg(full), resume=None, max_iters=4, method=build_search(cfg(full)), evaluate=False, **quiet)
     train(cfg(part), resume=None, max_iters=3, method=build_search(cfg(part)), evaluate=False, **quiet)
     train(cfg(part), resume="auto", max_iters=1, method=build_search(cfg(part)), evaluate=False, **quiet)
-    steps = [{r["iteration"]: r for r in map(json.loads, open(os.path.join(d, "log.jsonl"))) if r["type"] == "step"}
-             for d in (full, part)]
+    steps = [step_records(d) for d in (full, part)]
     for k in ("loss", "loss_convnext", "loss_resmlp"):
         assert steps[0][4][k] == pytest.approx(steps[1][4][k], abs=1e-5), k
     from jhssl.checkpoint import latest_checkpoint, load_checkpoint

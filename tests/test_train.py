@@ -1,11 +1,10 @@
 """Training loop end to end on a tiny synthetic ImageFolder: checkpoints, logs, plots, k-NN, resume."""
-import json
 import os
 
 import numpy as np
 import pytest
 
-from _train_helpers import ROOT, tiny_config, tiny_overrides, write_image_folder
+from _train_helpers import ROOT, step_records, tiny_config, tiny_overrides, write_image_folder
 
 import jittor as jt  # noqa: E402
 
@@ -16,12 +15,6 @@ from jhssl.train import NonFiniteLossError, train
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return write_image_folder(str(tmp_path_factory.mktemp("imgs")), n_per_class=4)
-
-
-def _steps(out_dir):
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
-    return {r["iteration"]: r for r in recs if r["type"] == "step"}
 
 
 def test_end_to_end_writes_checkpoint_logs_plots_and_knn(data_root, tmp_path):
@@ -40,7 +33,7 @@ def test_end_to_end_writes_checkpoint_logs_plots_and_knn(data_root, tmp_path):
     assert state["epoch"] == 2 and state["iteration"] == 4
     assert state["config"]["hssl"]["heads"] == ["convnext"]
     assert "last_layer.weight_v" in state["student"] and "aux_head.blocks.0.dwconv.weight" in str(list(state["student"]))
-    steps = _steps(out)
+    steps = step_records(out)
     assert sorted(steps) == [1, 2, 3, 4]
     for r in steps.values():
         assert np.isfinite(r["loss"]) and {"cls_base", "cls_head", "patch_base", "patch_head", "lr"} <= set(r)
@@ -61,7 +54,7 @@ def test_resume_continues_exactly(data_root, tmp_path, stop_after):
           log=lambda *a: None)
     assert ck.latest_checkpoint(part).endswith(f"{stop_after:08d}.pkl")
     train(tiny_config(part, data_root, extra), resume="auto", max_iters=1, progress=False, log=lambda *a: None)
-    a, b = _steps(full)[stop_after + 1], _steps(part)[stop_after + 1]
+    a, b = step_records(full)[stop_after + 1], step_records(part)[stop_after + 1]
     for k in ("loss", "cls_base", "cls_head", "patch_base", "patch_head"):
         assert abs(a[k] - b[k]) <= 1e-5, (k, a[k], b[k])
     # the weights agree too, not just the loss
