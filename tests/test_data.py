@@ -295,6 +295,25 @@ def test_loader_order_masks_and_resume_follow_set_epoch(workers):
     assert labels == epoch_permutation(12, 7, 5).tolist()
 
 
+def test_abandoned_epoch_with_a_prefetched_next_list_restarts_at_the_right_epoch():
+    """Deterministic form of a worker race: Jittor's workers may already have drawn the next
+    epoch's list when an epoch is abandoned; the restart must draw the epoch being iterated,
+    not the one after the dropped list (seen once as epoch 6's order in place of epoch 5's)."""
+    from jhssl.data import PretrainDataset, epoch_permutation
+    aug = MultiCropAugmentation(global_crop_size=8, local_crop_size=4, local_crops_number=1)
+    ds = PretrainDataset(_CountingSource(12), aug, None, seed=7)
+    ds.set_attrs(batch_size=4, num_workers=0, drop_last=True)
+    ds.set_epoch(4)
+    for _ in ds:
+        break  # abandoned after one batch
+    # what a worker's in-loop reset leaves behind: epoch 5's list drawn ahead of the trainer
+    ds._generated.append(5)
+    ds._next_gen_epoch = 6
+    ds.set_epoch(5)
+    labels = sum((y.numpy().tolist() for _, _, y in ds), [])
+    assert labels == epoch_permutation(12, 7, 5).tolist()
+
+
 def test_loader_with_workers_skips_corrupt_images(tmp_path):
     from jhssl.data import build_pretrain_dataset
     cfg = _tiny_cfg(_make_folder(tmp_path, corrupt=True), ["num_workers=2"])

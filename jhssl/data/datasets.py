@@ -116,6 +116,8 @@ class PretrainDataset(Dataset):
         if hasattr(self, "workers"):
             self.reset()
         del self._generated[self._consumed:]
+        # the dropped lists were drawn ahead; the next one is for the epoch about to be iterated
+        self._next_gen_epoch = self._epoch
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Call before iterating epoch ``epoch``; ``start_batch`` skips that many global batches."""
