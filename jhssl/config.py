@@ -232,6 +232,7 @@ SCHEMA: dict = {
         "batch_size": F(128, check=_positive),
         "which": F("teacher", choices=("teacher", "student")),
         "features": F("base", choices=("base", "head")),
+        "knn_untrained": True,                     # k-NN of the untrained network before training (cached)
     },
 }
 

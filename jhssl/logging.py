@@ -60,6 +60,11 @@ def plot_run(output_dir, log_name="log.jsonl"):
             path = os.path.join(output_dir, "loss_curves.png")
             plot_lines_png(path, series, title="training loss", xlabel="iteration", size=RUN_PLOT_SIZE)
             written.append(path)
+        mon = [k for k in ("teacher_entropy", "teacher_kl_uniform", "agreement") if k in steps[-1]]
+        if mon:
+            path = os.path.join(output_dir, "collapse_monitors.png")
+            plot_collapse_monitors(path, steps, mon)
+            written.append(path)
     evals = [r for r in records if r.get("type") == "knn"]
     if evals:
         series = {}
@@ -67,7 +72,29 @@ def plot_run(output_dir, log_name="log.jsonl"):
             for k, v in r.items():
                 if k.startswith("top1"):
                     series.setdefault(k, []).append((r["epoch"], v))
+        untrained = [r for r in records if r.get("type") == "knn_untrained"]
+        if untrained:  # the untrained network's level, as a horizontal line over the epochs
+            x_end = max(max(r["epoch"] for r in evals), 1)
+            for k, v in untrained[-1].items():
+                if k.startswith("top1"):
+                    series[f"untrained {k}"] = [(0, v), (x_end, v)]
         path = os.path.join(output_dir, "knn_accuracy.png")
         plot_lines_png(path, series, title="k-NN top-1 % (teacher base CLS)", xlabel="epoch", size=RUN_PLOT_SIZE)
         written.append(path)
     return written
+
+
+def plot_collapse_monitors(path, steps, keys):
+    """Teacher entropy and KL(teacher mean || uniform) in nats next to ln K, and the student-teacher
+    argmax agreement: the DINO collapse monitors (jhssl.monitors) per logged step."""
+    from jhssl.plots import plot_panels_png
+    pts = {k: [(r["iteration"], r[k]) for r in steps if k in r and math.isfinite(r[k])] for k in keys}
+    nats = {k: pts[k] for k in ("teacher_entropy", "teacher_kl_uniform") if k in pts}
+    log_k = steps[-1].get("log_k")
+    if log_k and nats:
+        xs = [x for v in nats.values() for x, _ in v]
+        nats["ln K"] = [(min(xs), log_k), (max(xs), log_k)]
+    panels = [("teacher targets (nats)", nats)]
+    if "agreement" in pts:
+        panels.append(("student-teacher argmax agreement", {"agreement": pts["agreement"]}))
+    plot_panels_png(path, panels, xlabel="iteration", panel_size=(520, 360))

@@ -24,7 +24,7 @@ import numpy as np
 import jittor as jt
 
 from jhssl import checkpoint as ckpt_lib
-from jhssl import dist
+from jhssl import dist, monitors
 from jhssl.logging import JsonlLogger, plot_run
 from jhssl.optim import AdamW, clip_gradients, param_groups
 from jhssl.schedules import cosine_scheduler
@@ -185,7 +185,13 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
             f"{cfg.model.arch}/{cfg.model.patch_size} on {device}, {n_params / 1e6:.2f}M trained parameters, "
             f"{len(dataset.loader.source)} images, {niter} iterations/epoch x {cfg.epochs} epochs, "
             f"lr {o.lr * eff_batch / o.lr_ref_batch:.2e} (batch {eff_batch})")
+        kept = monitors.ema_initial_weight(mom_sched)
+        log(f"teacher EMA: after {len(mom_sched)} iterations the teacher keeps {kept:.1%} of its initial weights"
+            + (" (raise optim.momentum_teacher's distance to 1 or train longer)" if kept > 0.05 else ""))
 
+    knn_untrained = None
+    if evaluate and start_iter == 0 and cfg.eval.knn_untrained:
+        knn_untrained = _untrained_knn_and_log(cfg, method, logger, log, eval_sets)
     total_iters = cfg.epochs * niter
     stop_at = total_iters if max_iters is None else min(total_iters, start_iter + int(max_iters))
     it = start_iter
@@ -260,17 +266,21 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     check_finite()
                     # the loss of the global batch: mean of the ranks' (equal-sized) shard losses
                     last_parts = {k: float(dist.all_reduce_mean(v.detach()).item()) for k, v in parts.items()}
+                    mon = {k: float(dist.all_reduce_mean(v).item())
+                           for k, v in (getattr(method.loss, "monitors", None) or {}).items()}
+                    ln_k = {"log_k": float(np.log(cfg.model.out_dim))} if mon else {}
                     dt = time.time() - t_log
-                    rec = {"type": "step", "epoch": epoch, "iteration": it, **last_parts,
+                    rec = {"type": "step", "epoch": epoch, "iteration": it, **last_parts, **mon, **ln_k,
                            "lr": float(lr_sched[it - 1]), "wd": float(wd_sched[it - 1]),
                            "momentum": float(mom_sched[it - 1]), "img_per_s": n_img_log / max(dt, 1e-9),
                            "time": time.time()}
                     logger.write(rec)
-                    for k, v in last_parts.items():
+                    for k, v in {**last_parts, **mon}.items():
                         epoch_sums[k] = epoch_sums.get(k, 0.0) + v
                     epoch_count += 1
                     if iter_bar is not None:
                         post = {k.replace("cls_", "c_").replace("patch_", "p_"): f"{v:.3f}" for k, v in last_parts.items()}
+                        post.update({monitors.SHORT_NAMES[k]: f"{v:.2f}" for k, v in mon.items()})
                         post.update(lr=f"{rec['lr']:.1e}", ips=f"{rec['img_per_s']:.1f}")
                         iter_bar.set_postfix(post, refresh=False)
                     t_log, n_img_log = time.time(), 0
@@ -280,8 +290,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
             epoch_done = it // niter
             if it % niter == 0 and epoch_done > epoch:  # a complete epoch
                 if epoch_count and main:
-                    logger.write({"type": "epoch", "epoch": epoch, "iteration": it,
-                                  **{k: v / epoch_count for k, v in epoch_sums.items()}, "time": time.time()})
+                    means = {k: v / epoch_count for k, v in epoch_sums.items()}
+                    logger.write({"type": "epoch", "epoch": epoch, "iteration": it, **means, "time": time.time()})
+                    monitors.warn_if_collapsed(means, cfg.model.out_dim, epoch, cfg.epochs, logger)
                 if evaluate and cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
                     knn_result = _knn_and_log(cfg, method, logger, epoch_done, it, log, eval_sets)
                 if evaluate and cfg.hssl is not None and getattr(method, "per_epoch_discrepancy", True):
@@ -303,7 +314,20 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     if main:
         plot_run(cfg.output_dir)
     return {"epoch": it // niter, "iteration": it, "knn": knn_result, "last_loss": last_parts,
-            "checkpoint": ckpt_path}
+            "checkpoint": ckpt_path, "knn_untrained": knn_untrained}
+
+
+def _untrained_knn_and_log(cfg, method, logger, log, eval_sets):
+    """k-NN of the network before its first step (cached per weights + evaluation settings)."""
+    from jhssl.untrained_knn import untrained_knn
+    net = method.teacher if cfg.eval.which == "teacher" else method.student
+    res, cached = untrained_knn(cfg, net, lambda: run_knn(cfg, method, log=None, datasets=eval_sets))
+    if dist.is_main():
+        log(f"untrained network: k-NN top-1 {min(res.items())[1]['top1']:.2f}%{' (cached)' if cached else ''}")
+        logger.write({"type": "knn_untrained", "epoch": 0, "iteration": 0, "time": time.time(),
+                      **{f"top1_k{k}": r["top1"] for k, r in res.items()},
+                      **{f"top5_k{k}": r["top5"] for k, r in res.items()}})
+    return res
 
 
 def _knn_and_log(cfg, method, logger, epoch, it, log, eval_sets=None):

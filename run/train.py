@@ -51,6 +51,10 @@ def main(argv=None):
     if knn:
         k = 20 if 20 in knn else sorted(knn)[0]
         print(f"k-NN top-1 (teacher {cfg.eval.features}, k={k}): {knn[k]['top1']:.2f}%")
+        untrained = result.get("knn_untrained")
+        if untrained and k in untrained:
+            u, p = untrained[k]["top1"], knn[k]["top1"]
+            print(f"k-NN top-1: untrained {u:.2f}% -> pretrained {p:.2f}% ({p - u:+.2f})")
     print(f"checkpoint: {result['checkpoint']}")
     return 0
 

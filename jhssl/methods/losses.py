@@ -35,7 +35,7 @@ from jhssl import bootstrap  # noqa: F401
 import jittor as jt
 from jittor import nn
 
-from jhssl import dist
+from jhssl import dist, monitors
 from jhssl.schedules import teacher_temp_schedule
 
 from .masked_rows import MaskedRows
@@ -125,6 +125,8 @@ class SelfDistillationLoss(nn.Module):
         t_cls_chunks = t_cls.chunk(self.n_global, dim=0)
 
         parts = {}
+        # collapse monitors of this step (lazy; the trainer reads them when it logs)
+        self.monitors = monitors.teacher_stats(t_cls, next(iter(student_cls.values())), self.n_global, self.n_crops)
         cls_sum = 0.0
         for name, logits in student_cls.items():
             parts["cls_" + name] = self.cls_term(t_cls_chunks, logits)
