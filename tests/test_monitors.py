@@ -103,3 +103,25 @@ def test_healthy_run_does_not_warn(data_root, tmp_path):
     assert not caught, [str(w.message) for w in caught]
     steps = step_records(out)
     assert max(r["teacher_entropy"] for r in steps.values()) < 0.95 * math.log(64)
+
+
+def test_untrained_knn_is_logged_and_cached_per_weights(data_root, tmp_path):
+    os.environ["JHSSL_CACHE_DIR"] = str(tmp_path / "cache")
+    logs = []
+    out1 = str(tmp_path / "a")
+    res = train(tiny_config(out1, data_root, ["epochs=1"]), resume=None, progress=False, log=logs.append)
+    u = res["knn_untrained"]
+    assert u and 0.0 <= u[3]["top1"] <= 100.0
+    rec = [r for r in read_jsonl(os.path.join(out1, "log.jsonl")) if r.get("type") == "knn_untrained"]
+    assert rec and rec[0]["top1_k3"] == u[3]["top1"]
+    assert any(m.startswith("untrained network: k-NN top-1") and "cached" not in m for m in logs)
+    assert len(os.listdir(tmp_path / "cache" / "untrained_knn")) == 1
+    # the same seed and settings (the HSSL arm or the baseline arm of one seed): read from the cache
+    logs.clear()
+    res2 = train(tiny_config(str(tmp_path / "b"), data_root, ["epochs=1", "hssl=null"]), resume=None,
+                 progress=False, log=logs.append)
+    assert res2["knn_untrained"] == u and any("(cached)" in m for m in logs)
+    # another seed: other weights, another entry
+    train(tiny_config(str(tmp_path / "c"), data_root, ["epochs=1", "seed=4"]), resume=None, progress=False,
+          log=lambda *a: None)
+    assert len(os.listdir(tmp_path / "cache" / "untrained_knn")) == 2

@@ -22,9 +22,12 @@ def _cfg(name):
     return load_config(os.path.join(ROOT, "configs", name + ".yaml"))
 
 
+CPU_RECIPES = ["fmnist_ibot_hssl_vit_tiny"]  # the Fashion-MNIST CPU recipe (issue 11), not a paper table
+
+
 def test_all_recipe_files_parse_and_each_has_a_baseline_twin():
     names = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "configs", "*.yaml"))}
-    for r in RECIPES:
+    for r in RECIPES + CPU_RECIPES:
         assert r in names and r + "_baseline" in names, r
         hssl, base = _cfg(r), _cfg(r + "_baseline")
         assert hssl.hssl is not None and hssl.hssl.heads == ["convnext"] and hssl.hssl.depth == 3
@@ -75,3 +78,10 @@ def test_recipe_builds_and_runs_one_step(name):
     m.ema_update(0.996)
     assert np.isfinite(parts["loss"].item())
     assert not np.allclose(m.student.head.mlp[0].weight.numpy(), w)
+
+
+def test_demo_is_the_cpu_recipe():
+    demo, recipe = _cfg("demo").to_dict(), _cfg("fmnist_ibot_hssl_vit_tiny").to_dict()
+    for c in (demo, recipe):
+        c.pop("output_dir"), c.pop("keep_last")
+    assert demo == recipe
