@@ -77,7 +77,7 @@ def plot_run(output_dir, log_name="log.jsonl"):
             x_end = max(max(r["epoch"] for r in evals), 1)
             for k, v in untrained[-1].items():
                 if k.startswith("top1"):
-                    series[f"untrained {k}"] = [(0, v), (x_end, v)]
+                    series[f"untrained {k[len('top1_'):]}"] = [(0, v), (x_end, v)]
         path = os.path.join(output_dir, "knn_accuracy.png")
         plot_lines_png(path, series, title="k-NN top-1 % (teacher base CLS)", xlabel="epoch", size=RUN_PLOT_SIZE)
         written.append(path)

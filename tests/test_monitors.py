@@ -125,3 +125,21 @@ def test_untrained_knn_is_logged_and_cached_per_weights(data_root, tmp_path):
     train(tiny_config(str(tmp_path / "c"), data_root, ["epochs=1", "seed=4"]), resume=None, progress=False,
           log=lambda *a: None)
     assert len(os.listdir(tmp_path / "cache" / "untrained_knn")) == 2
+
+
+def test_cli_prints_untrained_next_to_pretrained(data_root, tmp_path, capsys):
+    import importlib.util
+    import re
+    from _train_helpers import ROOT
+    from jhssl.config import dump_yaml
+    os.environ["JHSSL_CACHE_DIR"] = str(tmp_path / "cache")
+    path = str(tmp_path / "cfg.yaml")
+    dump_yaml(tiny_config(str(tmp_path / "cli"), data_root, ["epochs=1"]), path)
+    spec = importlib.util.spec_from_file_location("train_cli", os.path.join(ROOT, "run", "train.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    assert cli.main(["--config", path, "--no-resume", "--no-progress"]) == 0
+    line = re.search(r"k-NN top-1: untrained ([\d.]+)% -> pretrained ([\d.]+)% \(([+-][\d.]+)\)", capsys.readouterr().out)
+    assert line, "no untrained -> pretrained line"
+    u, p, d = map(float, line.groups())
+    assert d == pytest.approx(p - u, abs=0.011)
