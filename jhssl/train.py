@@ -187,7 +187,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
             f"lr {o.lr * eff_batch / o.lr_ref_batch:.2e} (batch {eff_batch})")
         kept = monitors.ema_initial_weight(mom_sched)
         log(f"teacher EMA: after {len(mom_sched)} iterations the teacher keeps {kept:.1%} of its initial weights"
-            + (" (raise optim.momentum_teacher's distance to 1 or train longer)" if kept > 0.05 else ""))
+            + (" (lower optim.momentum_teacher or train longer)" if kept > 0.05 else ""))
 
     knn_untrained = None
     if evaluate and start_iter == 0 and cfg.eval.knn_untrained:
