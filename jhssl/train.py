@@ -120,7 +120,8 @@ def run_knn(cfg, method, log=print, datasets=None):
             net.train()
 
 
-def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=None, evaluate=True):
+def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=None, evaluate=True,
+          trusted=False):
     """Pretrain according to ``cfg``. ``max_iters`` stops early (tests, timing).
 
     ``method``: a prebuilt method object (default ``build_model(cfg)``; the head search passes its
@@ -171,7 +172,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     # every rank resumes from the file rank 0 picks (output_dir must be on a shared file system)
     path = dist.broadcast_object(_resolve_resume(cfg, resume) if main else None)
     if path:
-        state = ckpt_lib.load_checkpoint(path)
+        state = ckpt_lib.load_checkpoint(path, trusted=trusted)  # allow-list unpickling unless trusted
         _restore(method, optimizer, state)
         start_iter = int(state["iteration"])
         start_epoch = start_iter // niter

@@ -30,26 +30,15 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .errors import CorruptFileError, TorchMissingError, UnsafePickleError  # noqa: F401  (re-exported)
 from .fileio import atomic_write  # noqa: F401  (re-exported: weights_io.atomic_write)
 
 JITTOR_TAG = b"HCAJSLHD"  # trailer jt.save appends after the pickle and its 20-byte SHA-1
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class CorruptFileError(ValueError):
-    """The file is truncated or damaged (or is not a weights file at all)."""
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allow-list."""
-
-
-class TorchMissingError(RuntimeError):
-    """An operation needs PyTorch, which is not installed."""
 
 
 def save_jittor_pickle(obj: Any, path: str) -> None:
@@ -61,6 +50,33 @@ def save_jittor_pickle(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: (f.write(data), f.write(hashlib.sha1(data).digest()), f.write(JITTOR_TAG)))
 
 
+def output_kind(path: str) -> str:
+    """'safetensors', 'torch' (.pth/.pt/.bin) or 'jittor' (.pkl and anything else: jt.save's format)."""
+    p = path.lower()
+    if p.endswith(".safetensors"):
+        return "safetensors"
+    if p.endswith((".pth", ".pt", ".bin")):
+        return "torch"
+    return "jittor"
+
+
+def write_weights(tree: Any, path: str, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write weights by extension (.safetensors / .pth / else jt.save .pkl), atomically; returns the kind.
+
+    safetensors cannot nest, so nested dicts are flattened with '.' (``teacher.backbone.x``), which
+    :func:`jhssl.convert.unwrap` undoes.
+    """
+    kind = output_kind(path)
+    if kind == "safetensors":
+        from . import safetensors_io
+        safetensors_io.save_file(flat_arrays(tree), path, metadata=metadata)
+    elif kind == "torch":
+        save_torch(tree, path)
+    else:
+        save_jittor_pickle(tree, path)
+    return kind
+
+
 def torch_available() -> bool:
     import importlib.util
     return importlib.util.find_spec("torch") is not None
@@ -69,10 +85,7 @@ def torch_available() -> bool:
 def save_torch(obj: Any, path: str) -> None:
     """``torch.save`` a tree of numpy arrays as torch tensors, atomically. Needs torch."""
     if not torch_available():
-        raise TorchMissingError(
-            f"writing '{path}' as a PyTorch .pth file needs torch, which is not installed; "
-            "write safetensors instead (--safetensors, or an output path ending in .safetensors), "
-            "which needs no torch and loads with safetensors.torch.load_file")
+        raise TorchMissingError.writing_pth(path)
     import torch
 
     def convert(x):
