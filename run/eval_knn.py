@@ -56,6 +56,8 @@ def _main(argv=None):
         over.append(f"eval.train_subset={args.train_subset}")
     if args.val_subset is not None:
         over.append(f"eval.val_subset={args.val_subset}")
+    if args.k:
+        over.append(f"eval.knn_k={list(args.k)}")  # checked against the labelled set before extracting features
     if args.train_data:
         over.append(f"eval.train_path={args.train_data}")
     if args.val_data:

@@ -13,10 +13,7 @@ import pytest
 import jhssl  # noqa: F401  (sets Jittor's environment first)
 from jhssl import convert, export, safetensors_io, weights_io
 
-torch = pytest.importorskip("torch", reason="torch is needed for the PyTorch round-trip tests (CI installs it)")
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_reference as tref  # noqa: E402
+from tests._torch import torch, tref  # noqa: E402  (imported by the first test that uses them)
 
 import jittor as jt  # noqa: E402
 import models  # noqa: E402
@@ -109,8 +106,6 @@ def test_swin_export_round_trip_through_torch_gives_same_features(tmp_path):
 ])
 def test_timm_export_has_exactly_timms_keys_and_shapes(tmp_path, arch, timm_name, kwargs):
     ref = convert.timm_reference(timm_name)
-    if ref is None:
-        pytest.skip("timm reference key lists (../shared/reference/timm-state-dicts) not available")
     base = models.create_model(arch, use_mask_token=True)
     path = str(tmp_path / "ckpt.pkl")
     teacher = _training_checkpoint(path, base, arch, kwargs)
@@ -192,8 +187,6 @@ def test_export_cli(tmp_path, capsys):
 
 
 def test_model_trained_at_low_resolution_exports_for_timm(tmp_path):
-    if convert.timm_reference("vit_small_patch16_224") is None:
-        pytest.skip("timm reference key lists (../shared/reference/timm-state-dicts) not available")
     base = models.create_model("vit_small", img_size=32, use_mask_token=True)  # 2x2 grid, e.g. a CPU demo run
     path = str(tmp_path / "ckpt.pkl")
     # A null model.img_size means data.global_crop_size to the trainer.
