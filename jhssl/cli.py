@@ -22,8 +22,8 @@ TRUST_PICKLE_HELP = ("unpickle any object in the checkpoint: pickles can run cod
 
 def user_errors() -> tuple:
     """The exception types that mean 'the input is wrong' (printed as one line, exit code 2)."""
-    from models.registry import UnknownModelError
-    return (UserError, UnknownModelError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+    from models.registry import ModelError
+    return (UserError, ModelError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def parser(description: str, trust_pickle: bool = False, **kwargs) -> argparse.ArgumentParser:

@@ -8,8 +8,16 @@ from typing import Callable, Dict, List, Optional
 _MODELS: Dict[str, Callable] = {}
 
 
-class UnknownModelError(ValueError):
+class ModelError(ValueError):
+    """A model cannot be built as asked (the caller's input is wrong, not the code)."""
+
+
+class UnknownModelError(ModelError):
     """``create_model`` was given a name nobody registered."""
+
+
+class ModelOptionError(ModelError):
+    """``create_model`` was given an option the model does not take."""
 
 _PRETRAINED_LOADER: Optional[Callable] = None
 
@@ -48,7 +56,13 @@ def create_model(name: str, pretrained=None, **kwargs):
         raise RuntimeError(
             f"create_model('{name}', pretrained={pretrained!r}): no pretrained-weight loader is registered; "
             "import jhssl.zoo first (it registers one) or call jhssl.zoo.create_pretrained(name, pretrained)")
-    model = _MODELS[name](**kwargs)
+    try:
+        model = _MODELS[name](**kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ModelOptionError(f"model '{name}' does not take the option given ({e}); options: "
+                               f"{', '.join(sorted(kwargs))}") from e
     if pretrained:
         _PRETRAINED_LOADER(model, pretrained, arch=name)
     return model

@@ -121,7 +121,7 @@ def test_run_train_cli_missing_dataset_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "run", "train.py"), "--config",
                         os.path.join(ROOT, "configs", "demo.yaml"), f"data.path={missing}",
                         f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "no_such_dir" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "no_such_dir" in r.stderr, r.stderr[-2000:]  # a user error: exit code 2
     assert not os.path.exists(os.path.join(tmp_path, "out", "log.jsonl"))
 
 
