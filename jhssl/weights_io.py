@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from .errors import CorruptFileError, TorchMissingError, UnsafePickleError  # noqa: F401  (re-exported)
+from . import safetensors_io  # no cycle: both take their error types from the leaf jhssl.errors
 from .fileio import atomic_write  # noqa: F401  (re-exported: weights_io.atomic_write)
 
 JITTOR_TAG = b"HCAJSLHD"  # trailer jt.save appends after the pickle and its 20-byte SHA-1
@@ -68,7 +69,6 @@ def write_weights(tree: Any, path: str, metadata: Optional[Dict[str, str]] = Non
     """
     kind = output_kind(path)
     if kind == "safetensors":
-        from . import safetensors_io
         safetensors_io.save_file(flat_arrays(tree), path, metadata=metadata)
     elif kind == "torch":
         save_torch(tree, path)
@@ -297,6 +297,11 @@ def _load_torch_legacy(path: str, trusted: bool) -> Any:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except (EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        if not trusted and "weights only" in str(e).lower():
+            raise UnsafePickleError(f"{path}: refusing to unpickle a legacy PyTorch checkpoint with globals outside "
+                                    "torch's weights-only allow-list: pickled checkpoints can run code when loaded. "
+                                    "If you trust this file, load it with trusted=True (command line: "
+                                    "--trust-pickle).") from None
         raise CorruptFileError(f"{path}: truncated or corrupted PyTorch checkpoint ({e})") from None
     return to_numpy_tree(obj)
 
@@ -307,8 +312,6 @@ def load_checkpoint(path: str, trusted: bool = False) -> Any:
     Only load files you trust: see the module docstring. ``trusted=False`` (default) refuses
     pickled globals outside a small allow-list; ``trusted=True`` unpickles anything.
     """
-    from . import safetensors_io
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
