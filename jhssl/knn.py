@@ -230,7 +230,7 @@ def evaluate_knn(cfg, model_fn: Callable, ks=None, T: float | None = None, datas
     from jhssl.data import build_eval_datasets
     ks = list(ks or cfg.eval.knn_k)
     T = float(T if T is not None else cfg.eval.knn_t)
-    train_ds, val_ds = datasets or build_eval_datasets(cfg)
+    train_ds, val_ds = datasets or build_eval_datasets(cfg, ks=ks)
     t0 = time.time()
     tr_f, tr_l = extract_features(model_fn, train_ds, progress=progress)
     va_f, va_l = extract_features(model_fn, val_ds, progress=progress)

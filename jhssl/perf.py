@@ -11,7 +11,7 @@ In code: ``jhssl.perf.set_fast_kernels(False)`` / ``set_masked_projection(False)
 ``with jhssl.perf.fast_kernels(False): ...`` / ``with jhssl.perf.masked_projection(False): ...``.
 Environment variables are read once, at first use.
 """
-from models.perf import Switch, fast_kernels, fast_kernels_enabled, set_fast_kernels  # noqa: F401
+from models.perf import _FAST_KERNELS, Switch, fast_kernels, fast_kernels_enabled, set_fast_kernels  # noqa: F401
 
 _MASKED_PROJECTION = Switch("JHSSL_MASKED_PROJECTION")
 

@@ -149,7 +149,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     dataset = build_pretrain_dataset(cfg)
     from jhssl.data import build_eval_datasets
     # now, so a missing k-NN split fails before any training (not needed without evaluations)
-    eval_sets = build_eval_datasets(cfg) if evaluate else None
+    eval_sets = build_eval_datasets(cfg, ks=cfg.eval.knn_k) if evaluate else None  # also checks knn_k
     niter = len(dataset)
     if niter == 0:
         raise ValueError(f"the dataset gives no full batch of {cfg.batch_size} images")

@@ -284,17 +284,22 @@ def _eval_paths(cfg):
     return (e.train_path or d.path, "train"), (e.val_path, "test")
 
 
-def build_eval_datasets(cfg):
-    """(train_ds, val_ds) for k-NN: resize + centre crop + normalize, with labels, in order."""
+def build_eval_datasets(cfg, ks=None):
+    """(train_ds, val_ds) for k-NN: resize + centre crop + normalize, with labels, in order.
+
+    ``ks``: the k a k-NN evaluation will use, checked against the number of labelled training images
+    now, before any compute (the trainer builds these before training); None: no check (the sets
+    serve something else, e.g. the search's held-out images)."""
     d, e = cfg.data, cfg.eval
     size = e.img_size or d.global_crop_size
     tf = EvalTransform(size, e.resize_size, d.mean, d.std)
     (tp, ts), (vp, vs) = _eval_paths(cfg)
     train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed)
     # Checked here, before any training, not when the k-NN runs at the end.
-    too_large = [k for k in e.knn_k if k > len(train_src)]
+    ks = list(ks or [])
+    too_large = [k for k in ks if k > len(train_src)]
     if too_large:
-        raise ConfigError(f"eval.knn_k={list(e.knn_k)}: k={max(too_large)} exceeds the {len(train_src)} labelled "
+        raise ConfigError(f"eval.knn_k={ks}: k={max(too_large)} exceeds the {len(train_src)} labelled "
                           f"k-NN training images ({tp or d.path!r}, eval.train_subset={e.train_subset}); "
                           f"lower eval.knn_k or use more images")
     val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed)
