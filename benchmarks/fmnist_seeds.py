@@ -93,10 +93,10 @@ def mean_std(v):
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
 
 
-def _fmt(m, s, digits=2):
+def _fmt(m, s, digits=2, sign=""):
     if m is None:
         return "–"
-    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+    return f"{m:{sign}.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
 
 
 def load_discrepancy(path):
@@ -170,7 +170,7 @@ def report(args, runs, command, cfg):
                           else "–" for s in args.seeds) if arm != "baseline" else ""
         md.append(f"| {arm} | " + " | ".join(cells) + f" | {_fmt(*t['top1_mean_std'])} | "
                   f"{_fmt(*t['untrained_mean_std'])} | {diffs} | "
-                  f"{_fmt(*t['paired_diff_mean_std']) if arm != 'baseline' else ''} |")
+                  f"{_fmt(*t['paired_diff_mean_std'], sign='+') if arm != 'baseline' else ''} |")
     md += ["", "Wall time per run (training + both k-NN evaluations, from log.jsonl): " + ", ".join(
         f"{a}:{s} {runs[(a, s)]['logged_s']} s" for a in arms for s in args.seeds if runs.get((a, s))) + ".", ""]
     if disc:
