@@ -44,6 +44,9 @@ def main(argv=None):
     from jhssl.train import NonFiniteLossError, train
     try:
         result = train(cfg, resume=resume, max_iters=args.max_iters, progress=not args.no_progress)
+    except ConfigError as e:  # found before compute (e.g. an option the base model does not take)
+        print(f"train: config error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, NonFiniteLossError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 1

@@ -252,7 +252,9 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     d = cfg.data
     src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed)
     transform = MultiCropAugmentation.from_config(d)
-    masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size) if cfg.method == "ibot" else None
+    from jhssl.base_models import mask_patch_size
+    mask_px = mask_patch_size(cfg) if cfg.method == "ibot" else cfg.model.patch_size
+    masks = MaskGenerator.from_config(cfg.mask, mask_px) if cfg.method == "ibot" else None
     ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
     if len(src) < cfg.batch_size:
         raise ValueError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
@@ -262,7 +264,7 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     # and still fits large ImageNet batches (one such batch may exceed the 512 MB default).
     per_rank = -(-cfg.batch_size // (jt.world_size if jt.in_mpi else 1))
     sample_bytes = 4 * 3 * (2 * d.global_crop_size ** 2 + d.local_crops_number * d.local_crop_size ** 2) \
-        + 2 * (d.global_crop_size // cfg.model.patch_size) ** 2 + 64
+        + 2 * (d.global_crop_size // mask_px) ** 2 + 64
     buffer_size = max(32 << 20, int(2.2 * per_rank * sample_bytes) + (16 << 20))
     ds.set_attrs(batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True, buffer_size=buffer_size)
     return ds

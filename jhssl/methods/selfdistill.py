@@ -16,17 +16,9 @@ def _models():
 
 
 def build_base_model(cfg, drop_path_rate=None, use_mask_token=None):
-    """The base model named by ``cfg.model.arch`` (ViT: ``patch_size`` and ``img_size`` apply)."""
-    models = _models()
-    m = cfg.model
-    kwargs = dict(patch_size=m.patch_size,
-                  img_size=m.img_size or cfg.data.global_crop_size,
-                  drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate)
-    if use_mask_token is None:
-        use_mask_token = cfg.method == "ibot"
-    if use_mask_token:
-        kwargs["use_mask_token"] = True
-    return models.create_model(m.arch, **kwargs)
+    """The base model named by ``cfg.model.arch``, with the options it declares (jhssl.base_models)."""
+    from jhssl.base_models import build_base_model as build
+    return build(cfg, drop_path_rate, use_mask_token)
 
 
 def _build_network(cfg, teacher):
