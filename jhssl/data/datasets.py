@@ -35,7 +35,8 @@ from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 
 from .masking import MaskGenerator
-from .sources import FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, select_subset
+from .sources import (FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, read_class_list,
+                      select_subset)
 from .transforms import EvalTransform, MultiCropAugmentation
 
 __all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
@@ -230,15 +231,19 @@ class EvalDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------- builders
-def build_source(dataset: str, path: str | None, split: str = "train", subset: float = 1.0, seed: int = 0):
-    """An image source (see ``sources.py``) with an optional per-class ``subset`` fraction."""
+def build_source(dataset: str, path: str | None, split: str = "train", subset: float = 1.0, seed: int = 0,
+                 class_list: str | None = None):
+    """An image source (see ``sources.py``) with an optional per-class ``subset`` fraction and, for
+    folders, an optional ``class_list`` file of the class folders to keep (ImageNet-S300 / S50)."""
+    if class_list and dataset != "folder":
+        raise ValueError(f"data.class_list selects class folders of data.dataset=folder, not {dataset!r}")
     if dataset == "fashion_mnist":
         src = FashionMNISTSource(path, split)
     elif dataset == "folder":
         if not path:
             raise FileNotFoundError("data.path is not set: for data.dataset=folder give a folder laid "
                                     "out as root/<class>/<image> (ImageNet layout)")
-        src = ImageFolderSource(path)
+        src = ImageFolderSource(path, read_class_list(class_list) if class_list else None)
     else:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: folder, fashion_mnist")
     if subset < 1.0:
@@ -250,7 +255,7 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     """The multi-crop (+ masks for iBOT) dataset with loader attributes set from ``cfg``:
     global ``batch_size``, ``num_workers``, ``drop_last=True`` and an :class:`EpochSampler`."""
     d = cfg.data
-    src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed)
+    src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed, d.class_list)
     transform = MultiCropAugmentation.from_config(d)
     from jhssl.base_models import mask_patch_size
     mask_px = mask_patch_size(cfg) if cfg.method == "ibot" else cfg.model.patch_size
@@ -291,8 +296,8 @@ def build_eval_datasets(cfg):
     size = e.img_size or d.global_crop_size
     tf = EvalTransform(size, e.resize_size, d.mean, d.std)
     (tp, ts), (vp, vs) = _eval_paths(cfg)
-    train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed)
-    val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed)
+    train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed, d.class_list)
+    val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed, d.class_list)
     if d.dataset == "folder" and list(train_src.classes) != list(val_src.classes):
         raise ValueError(f"k-NN train folder {tp!r} and val folder {vp!r} have different class folders")
     out = []
