@@ -17,6 +17,7 @@ import jittor as jt
 from jittor import nn
 
 from .layers.fast_norm import LayerNorm
+from .layers.mlp import Mlp
 from .layers.residual import DropPath, check_image
 from .registry import register_model
 
@@ -30,16 +31,6 @@ class LayerNorm2d(LayerNorm):
         return super().execute(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class ConvMlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def execute(self, x):
-        return self.fc2(nn.gelu(self.fc1(x)))
-
-
 class ConvNeXtBlock(nn.Module):
     """x + drop_path(gamma * mlp(norm(conv_dw(x)))) on NCHW maps (norm and MLP channels-last)."""
 
@@ -47,7 +38,7 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.norm = LayerNorm(dim, eps=LN_EPS)
-        self.mlp = ConvMlp(dim, int(mlp_ratio * dim))
+        self.mlp = Mlp(dim, int(mlp_ratio * dim))
         self.gamma = jt.full((dim,), float(ls_init_value))
         self.drop_path = DropPath(drop_path)
 

@@ -90,6 +90,7 @@ class SelfDistillation:
         # (A->A + B->B) has each network supervise itself, the head->head term with its own loss
         # (own centers, loss.head_self). Table XIX: deep-to-shallow, the teacher base (deep) is the target.
         self.head_self = h is not None and h.supervision == "separate"
+        self.head_self_patch = self.head_self and self.method == "ibot" and h.patch_level == "head"
         if h is not None and h.connection == "deep_to_shallow":
             self.cls_target = "base_cls" if h.image_level else self.cls_target
             self.patch_target = "base_patch" if self.patch_target else None
@@ -129,9 +130,9 @@ class SelfDistillation:
             want_t |= {self.patch_target} | ({self.patch_target + "_mean"} if rows is not None else set())
         want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
         if self.head_self:
-            want_t |= {"head_cls"} | ({"head_patch"} if self.patch_target else set())
-            want_t |= {"head_patch_mean"} if self.patch_target and rows is not None else set()
-            want_s |= {"head_cls"} | ({"head_patch"} if self.patch_target else set())
+            want_t |= {"head_cls"} | ({"head_patch"} if self.head_self_patch else set())
+            want_t |= {"head_patch_mean"} if self.head_self_patch and rows is not None else set()
+            want_s |= {"head_cls"} | ({"head_patch"} if self.head_self_patch else set())
         with jt.no_grad():
             t = self.teacher(list(crops[:self.n_global]), n_global=self.n_global, want=want_t, patch_rows=rows)
         s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s, patch_rows=rows)
@@ -145,7 +146,7 @@ class SelfDistillation:
                    t[self.cls_target], t[self.patch_target] if self.patch_target else None,
                    patch_masks, epoch, teacher_patch_mean=patch_mean)
         if self.head_self:  # Table XIV A->A + B->B: the head's own term, with its own centers
-            p = self.patch_target is not None
+            p = self.head_self_patch
             extra = loss.head_self({"head": s["head_cls"]}, {"head": s["head_patch"]} if p else {},
                                    t["head_cls"], t["head_patch"] if p else None, patch_masks, epoch,
                                    teacher_patch_mean=t.get("head_patch_mean"))
