@@ -26,6 +26,7 @@ sys.path.insert(0, ROOT)
 
 import jhssl  # noqa: E402,F401
 from jhssl.fileio import atomic_write_text  # noqa: E402
+from benchmarks.common import machine_line  # noqa: E402
 from benchmarks.fmnist_hssl_vs_baseline import _logged_seconds, _machine  # noqa: E402
 
 STRIDE32 = ["data.global_crop_size=64", "data.local_crop_size=32"]
@@ -105,7 +106,7 @@ def main(argv=None):
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     md = ["# Fashion-MNIST: every base x baseline / HSSL (one seed)", "",
           f"Command: `{report['command']}` (config `{report['config']}`, seed {report['seed']}, {report['date']})", "",
-          f"Machine: {m['cpu']} ({m['cores']} CPUs), {m['device']}, Python {m['python']}, Jittor {m['jittor']}", "",
+          f"Machine: {machine_line(m)}, {m['device']}, Jittor {m['jittor']}", "",
           f"BUDGET (every run): {b['epochs']} epochs, batch {b['batch_size']}, data.subset {b['data.subset']}; "
           f"k-NN (k=20, T={cfg.eval.knn_t}) of the teacher base features, {b['eval.train_subset']:g} of the "
           f"train split vs {b['eval.val_subset']:g} of the test split. One seed: differences include "
