@@ -32,7 +32,6 @@ from benchmarks.fmnist_hssl_vs_baseline import _logged_seconds, _machine  # noqa
 STRIDE32 = ["data.global_crop_size=64", "data.local_crop_size=32"]
 # name -> (overrides for the base, its method and its head)
 BASES = {
-    "vit_tiny/4-ibot": ["model.arch=vit_tiny", "model.patch_size=4", "method=ibot", "hssl.heads=[convnext]"],
     "resnet50-dino": ["model.arch=resnet50", "method=dino", "hssl.heads=[resmlp]", "hssl.patch_level=none"] + STRIDE32,
     "resmlp_12-dino": ["model.arch=resmlp_12_224", "model.patch_size=4", "method=dino", "hssl.heads=[vit]",
                        "hssl.patch_level=none"],
@@ -40,6 +39,7 @@ BASES = {
     "pvt_v2_b2-dino": ["model.arch=pvt_v2_b2", "method=dino", "hssl.heads=[convnext]", "hssl.patch_level=none"]
     + STRIDE32,
     "swin_tiny-ibot": ["model.arch=swin_tiny", "model.patch_size=4", "method=ibot", "hssl.heads=[convnext]"] + STRIDE32,
+    "vit_tiny/4-ibot": ["model.arch=vit_tiny", "model.patch_size=4", "method=ibot", "hssl.heads=[convnext]"],
 }
 
 
@@ -75,6 +75,7 @@ def main(argv=None):
     from jhssl.train import train
 
     rows = []
+    planned = 2 * len(args.bases)
     for base in args.bases:
         for arm, extra in (("baseline", ["hssl=null"]), ("hssl", [])):
             run_dir = os.path.join(args.work_dir, base.replace("/", "_") + "_" + arm)
@@ -91,20 +92,28 @@ def main(argv=None):
                          "overrides": over})
             r = rows[-1]
             print(f"{base} {arm}: k-NN {before:.2f} -> {r['knn_top1']:.2f}%, loss {first} -> {last} ({r['wall_s']}s)")
+            # written after every run: an interrupted benchmark keeps the runs it finished, labelled partial
+            write_report(args, argv, rows, planned)
+    print(f"wrote {args.out}/{args.name}.{{json,md}}")
+    return 0
 
+
+def write_report(args, argv, rows, planned):
+    from jhssl.config import load_config
     cfg = load_config(args.config, list(args.overrides))
     argv_txt = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = {"command": ("python benchmarks/fmnist_bases.py " + argv_txt).strip(),
               "config": os.path.relpath(args.config, ROOT), "seed": cfg.seed,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": _machine(), "rows": rows,
+              "machine": _machine(), "rows": rows, "runs_done": len(rows), "runs_planned": planned,
               "budget": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "data.subset": cfg.data.subset,
                          "eval.train_subset": cfg.eval.train_subset, "eval.val_subset": cfg.eval.val_subset}}
     os.makedirs(args.out, exist_ok=True)
     atomic_write_text(os.path.join(args.out, args.name + ".json"), json.dumps(report, indent=1) + "\n")
     m, b = report["machine"], report["budget"]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    md = ["# Fashion-MNIST: every base x baseline / HSSL (one seed)", "",
+    status = "" if len(rows) == planned else f" - PARTIAL: {len(rows)} of {planned} runs finished"
+    md = [f"# Fashion-MNIST: every base x baseline / HSSL (one seed){status}", "",
           f"Command: `{report['command']}` (config `{report['config']}`, seed {report['seed']}, {report['date']})", "",
           f"Machine: {machine_line(m)}, {m['device']}, Jittor {m['jittor']}", "",
           f"BUDGET (every run): {b['epochs']} epochs, batch {b['batch_size']}, data.subset {b['data.subset']}; "
@@ -117,8 +126,6 @@ def main(argv=None):
         md.append(f"| {r['base']} | {r['arm']} | {r['knn_top1_untrained']:.2f} | {r['knn_top1']:.2f} | "
                   f"{fmt(r['loss_first'])} -> {fmt(r['loss_last'])} | {r['iterations']} | {r['logged_s']} |")
     atomic_write_text(os.path.join(args.out, args.name + ".md"), "\n".join(md) + "\n")
-    print(f"wrote {args.out}/{args.name}.{{json,md}}")
-    return 0
 
 
 if __name__ == "__main__":
