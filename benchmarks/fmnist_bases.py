@@ -30,14 +30,16 @@ from benchmarks.common import machine_line  # noqa: E402
 from benchmarks.fmnist_hssl_vs_baseline import _logged_seconds, _machine  # noqa: E402
 
 STRIDE32 = ["data.global_crop_size=64", "data.local_crop_size=32"]
+NO_PATCHES = ["model.patch_size=16"]  # the schema default: ResNet/PVT take no patch size (demo.yaml sets 4)
 # name -> (overrides for the base, its method and its head)
 BASES = {
-    "resnet50-dino": ["model.arch=resnet50", "method=dino", "hssl.heads=[resmlp]", "hssl.patch_level=none"] + STRIDE32,
+    "resnet50-dino": ["model.arch=resnet50", "method=dino", "hssl.heads=[resmlp]", "hssl.patch_level=none"] + STRIDE32
+    + NO_PATCHES,
     "resmlp_12-dino": ["model.arch=resmlp_12_224", "model.patch_size=4", "method=dino", "hssl.heads=[vit]",
                        "hssl.patch_level=none"],
     "resmlp_12-ibot": ["model.arch=resmlp_12_224", "model.patch_size=4", "method=ibot", "hssl.heads=[vit]"],
     "pvt_v2_b2-dino": ["model.arch=pvt_v2_b2", "method=dino", "hssl.heads=[convnext]", "hssl.patch_level=none"]
-    + STRIDE32,
+    + STRIDE32 + NO_PATCHES,
     "swin_tiny-ibot": ["model.arch=swin_tiny", "model.patch_size=4", "method=ibot", "hssl.heads=[convnext]"] + STRIDE32,
     "vit_tiny/4-ibot": ["model.arch=vit_tiny", "model.patch_size=4", "method=ibot", "hssl.heads=[convnext]"],
 }
