@@ -165,6 +165,20 @@ SCHEMA: dict = {
                          doc="patch target: teacher head tokens (paper) or teacher base tokens (authors' code, Table 20)"),
         "separate_proj": True,                     # Table 18: separate projection MLPs for base and head
         "shared_prototypes": False,                # separate last layers unless asked
+        # Eq. 1 sums L(z1h, z2b) + L(z1h, z2h); the authors' main_hssl.py weights each CLS term 0.5
+        "average_cls_terms": False,
+        # Ablation switches (paper Sec. 5); the defaults are the method of the paper.
+        "supervision": F("heterogeneous", choices=("heterogeneous", "head_only", "separate"),
+                         doc="Table XIV: heterogeneous = A->A + A->B (teacher head supervises student "
+                             "base and head), head_only = A->A, separate = A->A + B->B"),
+        "head_structure": F("full", choices=("full", "token_mixer", "mlp"),
+                            doc="Table XV (ConvNext head): the whole block, its token mixer only, its MLP only"),
+        "connection": F("serial", choices=("serial", "parallel", "deep_to_shallow"),
+                        doc="serial: head on the base's tokens (paper); parallel: a whole ConvNeXt-T on "
+                            "the images (Table XVII); deep_to_shallow: the base's own block "
+                            "hssl.shallow_block supervised by its last layer, no head (Table XIX, DTS)"),
+        "shallow_block": F(8, check=_non_negative,
+                           doc="deep_to_shallow: index of the base block whose tokens are supervised"),
     },
 
     "optim": {
@@ -198,6 +212,9 @@ SCHEMA: dict = {
                   doc="folder: root/class/img; fashion_mnist: directory with the IDX files"),
         "split": F("train", choices=("train", "test")),  # fashion_mnist split for pretraining
         "subset": F(1.0, check=_in_unit_interval),  # fraction per class, chosen by seed
+        # folder datasets: a text file of class folder names (WordNet ids, one per line) to keep,
+        # e.g. the ImageNet-S300 / S50 class lists of the paper's ablations; applies to k-NN too
+        "class_list": F(None, types=str, nullable=True, doc="null: every class folder"),
         "global_crops_scale": F([0.25, 1.0], elem=float, check=_scale_pair),   # paper App. B ViT-S/16
         "local_crops_scale": F([0.05, 0.25], elem=float, check=_scale_pair),   # paper App. B ViT-S/16
         "local_crops_number": F(10, check=_non_negative),                      # paper App. B
@@ -390,6 +407,17 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.knn_k' must be a non-empty list of positive ints, got {cfg.eval.knn_k}")
     if cfg.hssl is not None and not cfg.hssl.heads:
         raise ConfigError("config key 'hssl.heads' may not be empty (use hssl=null for the baseline)")
+    h = cfg.hssl
+    if h is not None and h.head_structure != "full" and list(h.heads) != ["convnext"]:
+        raise ConfigError(f"config key 'hssl.head_structure' = {h.head_structure!r} is the ConvNext head's "
+                          f"ablation (Table XV): set hssl.heads=[convnext], got {h.heads}")
+    if h is not None and h.connection == "parallel" and cfg.method == "ibot" and h.patch_level == "head":
+        raise ConfigError("config key 'hssl.connection' = 'parallel': the parallel ConvNeXt-T has its own "
+                          "token grid, so its patch tokens cannot supervise the base's; set "
+                          "hssl.patch_level=base or none (or method=dino)")
+    if h is not None and h.connection != "serial" and h.supervision != "heterogeneous":
+        raise ConfigError(f"config keys 'hssl.supervision' = {h.supervision!r} and 'hssl.connection' = "
+                          f"{h.connection!r}: the supervision ablation (Table XIV) is for the serial head")
     if cfg.resume is not None and cfg.resume.lower() == "none":
         cfg.resume = None
 

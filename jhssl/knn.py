@@ -170,7 +170,8 @@ def feature_fn(network, features: str = "base") -> Callable:
 
         def fn(x):
             out = backbone.forward_features(x)
-            return aux(out["head_input"], out["grid"])["cls"]
+            from models.heads import run_auxiliary
+            return run_auxiliary(aux, out, images=x)["cls"]
         return fn
     raise ValueError(f"features must be 'base' or 'head', got {features!r}")
 

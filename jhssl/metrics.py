@@ -355,9 +355,10 @@ def network_discrepancy(method, images, epoch: Optional[int] = None, max_images:
                 break
             if seen + x.shape[0] > max_images:
                 x = x[:max_images - seen]
+            from models.heads import run_auxiliary
             with jt.no_grad():
                 out = net.backbone.forward_features(x)
-                h = net.aux_head(out["head_input"], out["grid"])
+                h = run_auxiliary(net.aux_head, out, images=x)
                 zb = net.project(out["cls"], "base", "cls").numpy()
                 zh = net.project(h["cls"], "head", "cls").numpy()
                 fb, fh = out["cls"].numpy(), h["cls"].numpy()

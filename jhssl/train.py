@@ -146,6 +146,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
 
     # ---------------- data, model, optimizer, schedules
     dist.check_batch_size(cfg.batch_size)  # global batch: must split evenly over the MPI ranks
+    if method is None:  # an option the base model does not take fails here, before any data is read
+        from jhssl.base_models import check_base_model
+        check_base_model(cfg)
     dataset = build_pretrain_dataset(cfg)
     from jhssl.data import build_eval_datasets
     # now, so a missing k-NN split fails before any training (not needed without evaluations)

@@ -135,53 +135,65 @@ def _vit(size: str, patch_size: int, kwargs: dict) -> VisionTransformer:
     return VisionTransformer(**cfg)
 
 
+def _vit_fixed_patch(size: str, patch_size: int, kwargs: dict) -> VisionTransformer:
+    """timm names carry their patch size: another one asked for is an error, not silently used."""
+    asked = kwargs.pop("patch_size", patch_size)
+    if asked != patch_size:
+        raise ValueError(f"this ViT has patch size {patch_size} (in its name); got patch_size={asked}")
+    return _vit(size, patch_size, kwargs)
+
+
+# Options training code may pass (see models.registry.model_info).
+VIT_OPTIONS = ("img_size", "patch_size", "drop_path_rate", "use_mask_token")
+
+
 # DINO-style names: the patch size is an argument.
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_tiny(patch_size=16, **kwargs):
     return _vit("tiny", patch_size, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_small(patch_size=16, **kwargs):
     return _vit("small", patch_size, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_base(patch_size=16, **kwargs):
     return _vit("base", patch_size, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_large(patch_size=16, **kwargs):
     return _vit("large", patch_size, kwargs)
 
 
 # timm names: the patch size is part of the name.
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_tiny_patch16_224(**kwargs):
-    return _vit("tiny", 16, kwargs)
+    return _vit_fixed_patch("tiny", 16, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_small_patch16_224(**kwargs):
-    return _vit("small", 16, kwargs)
+    return _vit_fixed_patch("small", 16, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_small_patch8_224(**kwargs):
-    return _vit("small", 8, kwargs)
+    return _vit_fixed_patch("small", 8, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_base_patch16_224(**kwargs):
-    return _vit("base", 16, kwargs)
+    return _vit_fixed_patch("base", 16, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_base_patch8_224(**kwargs):
-    return _vit("base", 8, kwargs)
+    return _vit_fixed_patch("base", 8, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_large_patch16_224(**kwargs):
-    return _vit("large", 16, kwargs)
+    return _vit_fixed_patch("large", 16, kwargs)

@@ -16,17 +16,9 @@ def _models():
 
 
 def build_base_model(cfg, drop_path_rate=None, use_mask_token=None):
-    """The base model named by ``cfg.model.arch`` (ViT: ``patch_size`` and ``img_size`` apply)."""
-    models = _models()
-    m = cfg.model
-    kwargs = dict(patch_size=m.patch_size,
-                  img_size=m.img_size or cfg.data.global_crop_size,
-                  drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate)
-    if use_mask_token is None:
-        use_mask_token = cfg.method == "ibot"
-    if use_mask_token:
-        kwargs["use_mask_token"] = True
-    return models.create_model(m.arch, **kwargs)
+    """The base model named by ``cfg.model.arch``, with the options it declares (jhssl.base_models)."""
+    from jhssl.base_models import build_base_model as build
+    return build(cfg, drop_path_rate, use_mask_token)
 
 
 def _build_network(cfg, teacher):
@@ -45,8 +37,14 @@ def _build_network(cfg, teacher):
             # global crops' (local crops use its centre part).
             crop = m.img_size or cfg.data.global_crop_size
             head_kw["max_grid"] = max(1, crop // backbone.feature_stride)
-        aux = build_aux_head(list(h.heads), backbone.num_features, depth=h.depth,
-                             first_shortcut=h.first_shortcut, drop_path=aux_drop, **head_kw)
+        if h.head_structure != "full":
+            head_kw["structure"] = h.head_structure  # Table XV (ConvNext head)
+        if h.connection == "serial":
+            aux = build_aux_head(list(h.heads), backbone.num_features, depth=h.depth,
+                                 first_shortcut=h.first_shortcut, drop_path=aux_drop, **head_kw)
+        else:  # Table XVII (a whole ConvNeXt-T on the images) or Table XIX (deep-to-shallow)
+            from models.heads import auxiliary_for_connection
+            aux = auxiliary_for_connection(h.connection, backbone, drop_path=aux_drop, shallow_block=h.shallow_block)
     shared = m.shared_last_layer_teacher if teacher else m.shared_last_layer
     return SSLNetwork(
         backbone, aux, out_dim=m.out_dim, patch_out_dim=m.patch_out_dim, hidden_dim=m.head_hidden_dim,
@@ -88,6 +86,22 @@ class SelfDistillation:
                 self.patch_students, self.patch_target = ["base", "head"], "head_patch"
             elif level == "base":
                 self.patch_students, self.patch_target = ["base"], "base_patch"
+        # Ablations (paper Sec. 5). Table XIV: head_only (A->A) drops the base's terms; separate
+        # (A->A + B->B) has each network supervise itself, the head->head term with its own loss
+        # (own centers, loss.head_self). Table XIX: deep-to-shallow, the teacher base (deep) is the target.
+        self.head_self = h is not None and h.supervision == "separate"
+        self.head_self_patch = self.head_self and self.method == "ibot" and h.patch_level == "head"
+        if h is not None and h.connection == "deep_to_shallow":
+            self.cls_target = "base_cls" if h.image_level else self.cls_target
+            self.patch_target = "base_patch" if self.patch_target else None
+        elif h is not None and h.supervision != "heterogeneous":
+            kept = ["head"] if h.supervision == "head_only" else ["base"]
+            if h.image_level:
+                self.cls_students = kept
+                self.cls_target = "head_cls" if kept == ["head"] else "base_cls"
+            if self.patch_target == "head_patch":
+                self.patch_students = kept
+                self.patch_target = "head_patch" if kept == ["head"] else "base_patch"
         # The teacher never gets gradients: every teacher Var is stop_grad and the optimizer
         # only sees student parameters; the teacher moves by EMA only.
         for p in self.teacher.parameters():
@@ -114,19 +128,31 @@ class SelfDistillation:
         want_t = {self.cls_target}
         if self.patch_target:
             want_t |= {self.patch_target} | ({self.patch_target + "_mean"} if rows is not None else set())
+        want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
+        if self.head_self:
+            want_t |= {"head_cls"} | ({"head_patch"} if self.head_self_patch else set())
+            want_t |= {"head_patch_mean"} if self.head_self_patch and rows is not None else set()
+            want_s |= {"head_cls"} | ({"head_patch"} if self.head_self_patch else set())
         with jt.no_grad():
             t = self.teacher(list(crops[:self.n_global]), n_global=self.n_global, want=want_t, patch_rows=rows)
-        want_s = {c + "_cls" for c in self.cls_students} | {p + "_patch" for p in self.patch_students}
         s = self.student(list(crops), masks=use_masks, n_global=self.n_global, want=want_s, patch_rows=rows)
         return t, s, (rows if rows is not None else use_masks)
 
     def loss_terms(self, loss, t, s, patch_masks, epoch):
         """``loss`` (a SelfDistillationLoss) on one teacher/student output pair from :meth:`forward_pair`."""
         patch_mean = t.get(self.patch_target + "_mean") if self.patch_target else None
-        return loss({n: s[n + "_cls"] for n in self.cls_students},
-                    {n: s[n + "_patch"] for n in self.patch_students},
-                    t[self.cls_target], t[self.patch_target] if self.patch_target else None,
-                    patch_masks, epoch, teacher_patch_mean=patch_mean)
+        out = loss({n: s[n + "_cls"] for n in self.cls_students},
+                   {n: s[n + "_patch"] for n in self.patch_students},
+                   t[self.cls_target], t[self.patch_target] if self.patch_target else None,
+                   patch_masks, epoch, teacher_patch_mean=patch_mean)
+        if self.head_self:  # Table XIV A->A + B->B: the head's own term, with its own centers
+            p = self.head_self_patch
+            extra = loss.head_self({"head": s["head_cls"]}, {"head": s["head_patch"]} if p else {},
+                                   t["head_cls"], t["head_patch"] if p else None, patch_masks, epoch,
+                                   teacher_patch_mean=t.get("head_patch_mean"))
+            out.update({k: v for k, v in extra.items() if k != "loss"})
+            out["loss"] = out["loss"] + extra["loss"]
+        return out
 
     def compute_loss(self, crops, masks, epoch):
         """Loss dict for one batch. ``crops``: 2 global + n_local crops; ``masks``: 2 (B, ...) masks."""
@@ -176,14 +202,20 @@ def build_model(cfg):
     # the patch target's size is the teacher's: its CLS prototypes when it shares them (iBOT)
     patch_dim = m.out_dim if m.shared_last_layer_teacher else m.patch_out_dim
     L = cfg.loss
-    loss = SelfDistillationLoss(
-        m.out_dim, patch_dim, n_global=2, n_local=cfg.data.local_crops_number, epochs=cfg.epochs,
-        warmup_teacher_temp=L.warmup_teacher_temp, teacher_temp=L.teacher_temp,
-        warmup_teacher_patch_temp=L.warmup_teacher_patch_temp, teacher_patch_temp=L.teacher_patch_temp,
-        warmup_teacher_temp_epochs=L.warmup_teacher_temp_epochs, student_temp=L.student_temp,
-        center_momentum=L.center_momentum, patch_center_momentum=L.center_momentum,
-        lambda1=L.lambda1, lambda2=L.lambda2, use_patch=(cfg.method == "ibot"),
-        mim_start_epoch=cfg.mask.pred_start_epoch)
+
+    def make_loss():
+        return SelfDistillationLoss(
+            m.out_dim, patch_dim, n_global=2, n_local=cfg.data.local_crops_number, epochs=cfg.epochs,
+            warmup_teacher_temp=L.warmup_teacher_temp, teacher_temp=L.teacher_temp,
+            warmup_teacher_patch_temp=L.warmup_teacher_patch_temp, teacher_patch_temp=L.teacher_patch_temp,
+            warmup_teacher_temp_epochs=L.warmup_teacher_temp_epochs, student_temp=L.student_temp,
+            center_momentum=L.center_momentum, patch_center_momentum=L.center_momentum,
+            lambda1=L.lambda1, lambda2=L.lambda2, use_patch=(cfg.method == "ibot"),
+            mim_start_epoch=cfg.mask.pred_start_epoch,
+            average_cls_terms=(cfg.hssl is not None and cfg.hssl.average_cls_terms))
+    loss = make_loss()
+    if cfg.hssl is not None and cfg.hssl.supervision == "separate":
+        loss.head_self = make_loss()  # a submodule: its centers are checkpointed with the loss
     method = SelfDistillation(cfg, student, teacher, loss)
     method.copy_student_to_teacher()
     return method
