@@ -136,3 +136,15 @@ def test_label_subsets_are_class_balanced_and_fixed_by_seed(tmp_path):
     again = apply_label_subset(src, 1.0, 0, subset_file=path)
     assert np.array_equal(again.indices, sub.indices)
     assert open(path).read().splitlines()[1].endswith(f"img{sub.indices[0]}.png")
+
+
+def test_table_xxi_configs():
+    from jhssl.eval.config import load_eval_config
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "eval")
+    got = {n: load_eval_config("finetune", os.path.join(root, f"finetune_{n}.yaml"))
+           for n in ("ibot_vit_small_16", "ibot_vit_base_16", "mae_vit_small_16")}
+    assert [(c.epochs, c.warmup_epochs, c.lr, c.batch_size, c.drop_path, c.layer_decay) for c in got.values()] == [
+        (100, 5, 5e-4, 1024, 0.1, 0.65), (100, 5, 5e-4, 1024, 0.2, 0.60), (200, 5, 5e-4, 1024, 0.1, 0.80)]
+    c = got["ibot_vit_small_16"]
+    assert (c.label_smoothing, c.mixup, c.cutmix, c.reprob, c.rand_augment) == (0.1, 0.8, 1.0, 0.25,
+                                                                                "rand-m9-mstd0.5-inc1")

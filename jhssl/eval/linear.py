@@ -125,9 +125,10 @@ def run_linear_probe(ecfg, network, pcfg, checkpoint: str = "", feature_desc=Non
     val_f, val_l = extract_features(feature_fn, eval_dataset(val_src, pcfg, ecfg), progress=progress and main)
     dim = val_f.shape[1]
     lrs_scaled = [lr * ecfg.batch_size / ecfg.lr_ref_batch for lr in ecfg.lrs]
+    jt.set_global_seed(ecfg.seed)
     heads = LinearHeads(dim, len(classes), len(lrs_scaled))
-    if dist.in_mpi():
-        dist.broadcast_module(heads)
+    jt.sync(list(heads.state_dict().values()))  # draw the initial weights now, in one graph
+    dist.broadcast_module(heads)  # rank 0's start on every rank (the seed differs per rank)
     optimizer = make_optimizer(heads, lrs_scaled, ecfg.momentum, ecfg.weight_decay)
 
     if ecfg.mode == "cached":
