@@ -76,3 +76,13 @@ def test_pca_rgb_components_are_scaled():
     allv = np.concatenate([o.reshape(-1, 3) for o in out])
     np.testing.assert_allclose(allv.min(0), 0.0, atol=1e-12)
     np.testing.assert_allclose(allv.max(0), 1.0, atol=1e-12)
+
+
+def test_bases_without_cls_token_get_a_clear_message():
+    import pytest
+    from jhssl.eval.visualize import cls_attention_maps
+
+    class SwinLike:
+        pass
+    with pytest.raises(NotImplementedError, match="has no CLS token"):
+        cls_attention_maps(SwinLike(), np.zeros((1, 3, 16, 16), np.float32))
