@@ -518,11 +518,12 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
     return out
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Apply dotted overrides to a raw (unvalidated) nested dict."""
+def apply_overrides(data: dict, overrides: Iterable[str], schema: dict | None = None) -> dict:
+    """Apply dotted overrides to a raw (unvalidated) nested dict (``schema``: default the training one)."""
     data = copy.deepcopy(data)
+    top = SCHEMA if schema is None else schema
     for parts, value in parse_overrides(overrides):
-        node, schema = data, SCHEMA
+        node, schema = data, top
         for i, p in enumerate(parts[:-1]):
             dotted = ".".join(parts[:i + 1])
             sub_schema = schema.get(p) if isinstance(schema, dict) else None

@@ -42,6 +42,13 @@ class Attention(nn.Module):
         out = scaled_dot_product_attention(q, k, v, attn_bias=attn_bias, scale=self.scale)
         return self.proj(out.permute(0, 2, 1, 3).reshape(B, N, C))
 
+    def attention_probs(self, x: jt.Var) -> jt.Var:
+        """softmax(q k^T * scale): the (B, heads, N, N) attention weights (for visualisation)."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+        return nn.softmax(jt.matmul(q, k.permute(0, 1, 3, 2)) * self.scale, dim=-1)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + DP(attn(norm1(x))), then x + DP(mlp(norm2(x)))."""
@@ -102,7 +109,8 @@ class VisionTransformer(nn.Module):
         return resample_abs_pos_embed(self.pos_embed, grid, old_size=self.patch_embed.grid_size,
                                       num_prefix_tokens=self.num_prefix_tokens)
 
-    def forward_features(self, x: jt.Var, mask=None) -> dict:
+    def prepare_tokens(self, x: jt.Var, mask=None):
+        """(CLS + patch tokens with position embeddings (B, 1 + h*w, C), (h, w)): the blocks' input."""
         if mask is not None and not self.use_mask_token:
             raise ValueError("a mask was given but the model was built without use_mask_token=True")
         tokens, (h, w) = self.patch_embed(x)
@@ -111,7 +119,31 @@ class VisionTransformer(nn.Module):
             tokens = apply_mask_token(tokens, mask, self.mask_token)
         tokens = tokens.reshape(B, h * w, C)
         x = jt.concat([self.cls_token.broadcast((B, 1, C)), tokens], dim=1)
-        x = x + self._pos_embed((h, w))
+        return x + self._pos_embed((h, w)), (h, w)
+
+    def get_intermediate_layers(self, x: jt.Var, n: int = 1) -> list:
+        """The outputs of the last ``n`` blocks, each through the final norm (DINO's linear-probe features)."""
+        if not 1 <= n <= len(self.blocks):
+            raise ValueError(f"n must be in [1, {len(self.blocks)}], got {n}")
+        x, _ = self.prepare_tokens(x)
+        out = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i >= len(self.blocks) - n:
+                out.append(self.norm(x))
+        return out
+
+    def get_last_selfattention(self, x: jt.Var) -> jt.Var:
+        """The last block's attention weights (B, heads, 1 + h*w, 1 + h*w) (DINO's visualisation)."""
+        x, _ = self.prepare_tokens(x)
+        depth = len(self.blocks)
+        for i in range(depth - 1):
+            x = self.blocks[i](x)
+        last = self.blocks[depth - 1]
+        return last.attn.attention_probs(last.norm1(x))
+
+    def forward_features(self, x: jt.Var, mask=None) -> dict:
+        x, (h, w) = self.prepare_tokens(x, mask)
         for blk in self.blocks:
             x = blk(x)
         normed = self.norm(x)
