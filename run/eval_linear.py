@@ -9,40 +9,35 @@ does) of a jhssl pretraining checkpoint.
 Writes linear_results.json (every lr's top-1/top-5, the best, and the mode that ran), log.jsonl,
 linear_curves.png and, for a label subset, label_subset.txt into output_dir.
 """
-import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jhssl  # noqa: E402,F401  (sets Jittor's environment before jittor loads)
+import jhssl  # noqa: F401  (sets Jittor's environment before jittor loads)
+from jhssl import cli
 
 
 def parse_args(argv=None):
     from jhssl.eval.common import add_common_args
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, trust_pickle=True)
     add_common_args(p)
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)
 
 
 def main(argv=None):
+    """Exit code 0, or 2 after a one-line error (bad checkpoint, config, data), before any compute."""
+    # ValueError/KeyError/RuntimeError: the checkpoint or data do not fit (reported as one line)
+    return cli.run(_main, argv, prog="eval_linear", extra_errors=(ValueError, KeyError, RuntimeError))
+
+
+def _main(argv=None):
     args = parse_args(argv)
     from jhssl import dist
     dist.install_failure_handler()
-    from jhssl.config import ConfigError
     from jhssl.eval.common import load_network, setup
     from jhssl.eval.linear import run_linear_probe
-    try:
-        ecfg, pcfg, ckpt, over = setup("linear", args.checkpoint, args.config, args.overrides, args.data,
-                                       args.train_data, args.val_data)
-        net, pcfg = load_network(ckpt, ecfg.which, over)
-        res = run_linear_probe(ecfg, net, pcfg, checkpoint=args.checkpoint)
-    except ConfigError as e:
-        print(f"eval_linear: config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"eval_linear: error: {e}", file=sys.stderr)
-        return 2
+    ecfg, pcfg, ckpt, over = setup("linear", args.checkpoint, args.config, args.overrides, args.data,
+                                   args.train_data, args.val_data, trusted=args.trust_pickle)
+    net, pcfg = load_network(ckpt, ecfg.which, over)
+    res = run_linear_probe(ecfg, net, pcfg, checkpoint=args.checkpoint)
     if dist.is_main():
         b = res["best"]
         print(f"linear probe ({res['mode']}, {ecfg.which} {ecfg.features}): best top-1 {b['top1']:.2f}% "

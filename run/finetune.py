@@ -8,40 +8,39 @@
 A run continues from the newest checkpoint_*.pkl in output_dir (checkpoints are written at every
 epoch end). Writes finetune_results.json, log.jsonl, finetune_curves.png into output_dir.
 """
-import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jhssl  # noqa: E402,F401  (sets Jittor's environment before jittor loads)
+import jhssl  # noqa: F401  (sets Jittor's environment before jittor loads)
+from jhssl import cli
 
 
 def parse_args(argv=None):
     from jhssl.eval.common import add_common_args
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, trust_pickle=True)
     add_common_args(p)
     p.add_argument("--max-iters", type=int, default=None, help="stop after this many iterations (smoke tests)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)
 
 
 def main(argv=None):
+    """Exit code 0; 1 when training diverged (non-finite loss); 2 after a one-line input error."""
+    return cli.run(_main, argv, prog="finetune", extra_errors=(ValueError, KeyError, RuntimeError))
+
+
+def _main(argv=None):
     args = parse_args(argv)
     from jhssl import dist
     dist.install_failure_handler()
-    from jhssl.config import ConfigError
     from jhssl.eval.common import setup
     from jhssl.eval.finetune import finetune
+    ecfg, pcfg, ckpt, _ = setup("finetune", args.checkpoint, args.config, args.overrides, args.data,
+                                args.train_data, args.val_data, trusted=args.trust_pickle)
     try:
-        ecfg, pcfg, ckpt, _ = setup("finetune", args.checkpoint, args.config, args.overrides, args.data,
-                                    args.train_data, args.val_data)
         res = finetune(ecfg, pcfg, ckpt, checkpoint=args.checkpoint, max_iters=args.max_iters,
                        progress=not args.no_progress)
-    except ConfigError as e:
-        print(f"finetune: config error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError, FloatingPointError) as e:
+    except FloatingPointError as e:  # the loss became non-finite: the last checkpoint is kept
         print(f"finetune: error: {e}", file=sys.stderr)
         return 1
     if dist.is_main():

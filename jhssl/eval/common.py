@@ -12,11 +12,12 @@ __all__ = ["read_pretrain_checkpoint", "data_overrides", "pretrain_config", "loa
            "eval_dataset", "train_dataset", "topk_accuracy", "image_size"]
 
 
-def read_pretrain_checkpoint(path: str, which: str = "teacher") -> dict:
+def read_pretrain_checkpoint(path: str, which: str = "teacher", trusted: bool = False) -> dict:
     """A jhssl training checkpoint as numpy, read with :func:`jhssl.weights_io.load_checkpoint`
-    (allow-listed unpickling); checked for a config and ``which``'s base-model weights."""
+    (allow-listed unpickling unless ``trusted``, i.e. ``--trust-pickle``); checked for a config and
+    ``which``'s base-model weights."""
     from jhssl.weights_io import load_checkpoint
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, trusted=trusted)
     if not isinstance(ckpt, dict) or "config" not in ckpt:
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a jhssl training checkpoint (needs 'config' and '{which}'; found {keys})")
@@ -123,12 +124,12 @@ def topk_accuracy(logits: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict:
 
 
 def setup(kind: str, checkpoint: str, config: str | None = None, overrides=None, data: str | None = None,
-          train_data: str | None = None, val_data: str | None = None):
+          train_data: str | None = None, val_data: str | None = None, trusted: bool = False):
     """(tool config, pretraining config, checkpoint dict) for ``kind`` ('linear' | 'finetune'):
     everything that can be wrong with the inputs is found here, before any compute."""
     from jhssl.eval.config import load_eval_config
     ecfg = load_eval_config(kind, config, overrides)
-    ckpt = read_pretrain_checkpoint(checkpoint, ecfg.which)
+    ckpt = read_pretrain_checkpoint(checkpoint, ecfg.which, trusted=trusted)
     over = data_overrides(ckpt["config"], data, train_data, val_data)
     pcfg = pretrain_config(ckpt, over)
     build_sources(pcfg, ecfg)  # data present, class sets agree (no subset file written yet)
