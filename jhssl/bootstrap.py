@@ -24,21 +24,32 @@ Every variable is only *defaulted*: a value set by the user always wins.
 Set ``JHSSL_DEVICE=cpu`` to force the CPU path on a GPU machine.
 """
 import os
-import shutil
 
 _DONE = False
 
 
+def _cuda_detect():
+    """``models/cuda_detect.py`` loaded by path: importing the ``models`` package would import jittor."""
+    import importlib.util
+    import sys
+    mod = sys.modules.get("models.cuda_detect")
+    if mod is None:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "cuda_detect.py")
+        spec = importlib.util.spec_from_file_location("models.cuda_detect", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["models.cuda_detect"] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
 def gpu_visible() -> bool:
-    """True when a CUDA driver and a GPU are visible to this process."""
-    if os.environ.get("JHSSL_DEVICE", "").lower() == "cpu":
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    if shutil.which("nvcc") is None and not os.environ.get("nvcc_path"):
-        return False
-    # /dev/nvidia0 (or nvidia-smi) shows a driver; nvcc alone does not.
-    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+    """True when this process trains on CUDA; sets ``nvcc_path`` (the real toolkit's nvcc, or "")
+    and, under mpirun, this rank's ``CUDA_VISIBLE_DEVICES`` (models/cuda_detect.py)."""
+    detect = _cuda_detect()
+    try:
+        return detect.prepare_environ(os.environ)
+    except detect.CudaSetupError as e:  # at import time: one line, not a traceback
+        raise SystemExit(f"jhssl: {e}") from None
 
 
 def setup_env() -> None:
@@ -46,9 +57,7 @@ def setup_env() -> None:
     if _DONE:
         return
     _DONE = True
-    if not gpu_visible():
-        os.environ["nvcc_path"] = ""
-    else:
+    if gpu_visible():
         os.environ.setdefault("use_cutlass", "0")
     os.environ.setdefault("use_mkl", "1")
     # oneDNN (Jittor) and MKL (torch) use GNU OpenMP, whose default spin-waiting collapses when

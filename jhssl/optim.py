@@ -66,12 +66,38 @@ class AdamW(jt.optim.Optimizer):
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         self.updates = 0
         self.frozen = set()
+        # mixed precision (jhssl.amp): with a LossScaler, backward scales the loss, the gradients
+        # are unscaled once before clipping/stepping, and a step with inf/NaN gradients is skipped
+        self.loss_scaler = None
+        self._grad_scale = 1.0  # factor the accumulated gradients still carry
         for pg in self.param_groups:
             pg["m"] = [jt.zeros(p.shape, p.dtype).stop_grad() for p in pg["params"]]
             pg["values"] = [jt.zeros(p.shape, p.dtype).stop_grad() for p in pg["params"]]
 
+    def backward(self, loss, retain_graph=False):
+        if self.loss_scaler is None:
+            return super().backward(loss, retain_graph)
+        scale = self.loss_scaler.scale
+        if self._grad_scale not in (1.0, scale):
+            raise RuntimeError("backward after the gradients were unscaled: call step() first")
+        super().backward(loss * scale, retain_graph)
+        self._grad_scale = scale
+
+    def unscale_grads(self):
+        """Divide the accumulated gradients by the loss scale they carry (once; no-op without)."""
+        if self._grad_scale == 1.0:
+            return
+        inv = 1.0 / self._grad_scale
+        for pg in self.param_groups:
+            for p, g in zip(pg["params"], pg.get("grads", [])):
+                if not p.is_stop_grad():
+                    g.update(g * inv)
+        self._grad_scale = 1.0
+
     def grads(self):
-        """(param, grad) for every trained parameter; valid between ``backward`` and ``step``."""
+        """(param, grad) for every trained parameter; valid between ``backward`` and ``step``
+        (unscaled: a loss scale is removed first)."""
+        self.unscale_grads()
         for pg in self.param_groups:
             for p, g in zip(pg["params"], pg.get("grads", [])):
                 if not p.is_stop_grad():
@@ -79,6 +105,13 @@ class AdamW(jt.optim.Optimizer):
 
     def step(self, loss=None, retain_graph=False):
         self.pre_step(loss, retain_graph)
+        if self.loss_scaler is not None:
+            self.unscale_grads()
+            found_inf = self.loss_scaler.found_inf(g for _, g in self.grads())
+            self.loss_scaler.update(found_inf)
+            if found_inf:  # fp16 overflow: skip the update (no moment change, no step count)
+                self.post_step()
+                return False
         self.updates += 1
         n = float(self.updates)
         b0, b1 = self.betas
@@ -102,10 +135,12 @@ class AdamW(jt.optim.Optimizer):
                 v.update(b1 * v + (1 - b1) * g * g)
                 p.update(p - (lr / bc1) * m / (jt.sqrt(v) / (bc2 ** 0.5) + self.eps))
         self.post_step()
+        return True
 
     # A plain dict of numpy arrays and numbers, independent of Var identities.
     def state_dict(self):
-        return {"updates": self.updates, "n_step": self.n_step,
+        scaler = {"loss_scaler": self.loss_scaler.state_dict()} if self.loss_scaler is not None else {}
+        return {**scaler, "updates": self.updates, "n_step": self.n_step,
                 "groups": [{"lr": pg.get("lr", self.lr), "weight_decay": pg.get("weight_decay", self.weight_decay),
                             "names": list(pg.get("names", [])),
                             "m": [x.numpy() for x in pg["m"]], "values": [x.numpy() for x in pg["values"]]}
@@ -130,6 +165,8 @@ class AdamW(jt.optim.Optimizer):
                                          f"shape {tuple(arr.shape)} in the checkpoint, {tuple(var.shape)} in the model")
                     var.update(jt.array(arr).stop_grad())
             pg["lr"], pg["weight_decay"] = st["lr"], st["weight_decay"]
+        if self.loss_scaler is not None and "loss_scaler" in state:
+            self.loss_scaler.load_state_dict(state["loss_scaler"])
         self.updates = int(state["updates"])
         self.n_step = int(state.get("n_step", 0))
 

@@ -11,9 +11,15 @@ from jittor import nn
 
 from jhssl import perf
 
+_LOW = ("bfloat16", "float16")
+
 
 def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float = 1e-5) -> jt.Var:
-    """LayerNorm of ``x`` over its last axis with affine ``weight``/``bias`` of shape (C,)."""
+    """LayerNorm of ``x`` over its last axis with affine ``weight``/``bias`` of shape (C,).
+
+    bf16/fp16 input (mixed precision, jhssl.amp) is normalised in fp32 and the result stays fp32."""
+    if str(x.dtype) in _LOW:
+        x = x.float32()
     if (not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32
             and weight.dtype == jt.float32 and bias.dtype == jt.float32 and x.numel() > 0):
         from . import kernels  # lazy: compiled at first use
