@@ -37,13 +37,11 @@ class NonFiniteLossError(RuntimeError):
 
 def setup_device(cfg):
     """``device``: auto (GPU when Jittor has CUDA), cpu, or cuda; ``amp`` only applies on GPU."""
-    want = cfg.device
-    if want == "cuda" and not jt.has_cuda:
-        raise RuntimeError("device=cuda but Jittor has no CUDA here (no GPU or no nvcc); use device=cpu")
-    jt.flags.use_cuda = 1 if (want == "cuda" or (want == "auto" and jt.has_cuda)) else 0
+    from jhssl.device import use_device
+    device = use_device(cfg.device)
     # mixed precision is jhssl.amp's autocast (fp32 master weights), not Jittor's global amp level
     jt.flags.auto_mixed_precision_level = 0
-    return "cuda" if jt.flags.use_cuda else "cpu"
+    return device
 
 
 def _iteration_seed(seed, iteration):

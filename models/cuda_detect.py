@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -158,6 +159,30 @@ def find_nvcc(env, which=shutil.which, run=subprocess.run, root="/"):
     return None
 
 
+def toolkit_version(nvcc):
+    """(major, minor) of the toolkit of a resolved nvcc, from ``version.json`` or the folder name."""
+    root = toolkit_root(nvcc)
+    try:
+        import json
+        with open(os.path.join(root, "version.json")) as f:
+            v = json.load(f)["cuda"]["version"]
+        return tuple(int(x) for x in v.split(".")[:2])
+    except (OSError, KeyError, ValueError):
+        pass
+    m = re.search(r"cuda-(\d+)\.(\d+)", os.path.realpath(root))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def nccl_wheel_paths(search_path):
+    """(include, lib) of the pip NCCL wheel (``nvidia-nccl-cu12``/``-cu13``: ``nvidia/nccl``) when
+    installed with the unversioned ``libnccl.so`` Jittor asserts (run/setup.sh links it), else None."""
+    for base in search_path:
+        d = os.path.join(base or ".", "nvidia", "nccl")
+        if os.path.isfile(os.path.join(d, "lib", "libnccl.so")) and os.path.isdir(os.path.join(d, "include")):
+            return os.path.join(d, "include"), os.path.join(d, "lib")
+    return None
+
+
 # ----------------------------------------------------------------------------- ranks
 def local_rank(env):
     """(local rank, ranks on this node) from OpenMPI's variables; (0, 1) outside mpirun."""
@@ -200,14 +225,16 @@ def rank_gpu(env, gpus):
 
 
 # ----------------------------------------------------------------------------- all together
-def prepare_environ(env, root="/", which=shutil.which, run=subprocess.run):
+def prepare_environ(env, root="/", which=shutil.which, run=subprocess.run, sys_path=None):
     """Decide CPU or CUDA for this process and set Jittor's variables in ``env``; True for CUDA.
 
     CUDA: ``nvcc_path`` = the real nvcc, ``CUDA_VISIBLE_DEVICES`` = this rank's GPU under mpirun
-    (``JHSSL_ONE_GPU_PER_RANK=1``, or ``use_nccl=0`` when GPUs are shared). CPU: ``nvcc_path=""``
+    (``JHSSL_ONE_GPU_PER_RANK=1``, or ``use_nccl=0`` when GPUs are shared), the NCCL wheel's
+    paths when it is installed, ``use_cutt=0`` on CUDA >= 13. CPU: ``nvcc_path=""``
     (Jittor would otherwise turn CUDA on whenever it finds nvcc). Raises :class:`CudaSetupError`
     for ``JHSSL_DEVICE=cuda`` without a GPU or toolkit, and for more ranks than GPUs.
     """
+    sys_path = sys.path if sys_path is None else sys_path
     want = (env.get("JHSSL_DEVICE") or "auto").strip().lower()
     if want not in DEVICES:
         raise CudaSetupError(f"JHSSL_DEVICE={want!r}: use one of {', '.join(DEVICES)}")
@@ -224,6 +251,13 @@ def prepare_environ(env, root="/", which=shutil.which, run=subprocess.run):
         env["nvcc_path"] = ""
         return False
     env["nvcc_path"] = nvcc
+    version = toolkit_version(nvcc)
+    if version and version >= (13, 0):
+        env.setdefault("use_cutt", "0")  # cutt 1.2 (Jittor's transpose library) uses fields CUDA 13 removed
+    nccl = nccl_wheel_paths(sys_path)
+    if nccl and not (env.get("nccl_include_path") or env.get("nccl_lib_path")):
+        # without these Jittor builds NCCL 2.8.4 from source, which fails on CUDA >= 12
+        env["nccl_include_path"], env["nccl_lib_path"] = nccl
     mine = rank_gpu(env, gpus)
     if mine is not None:
         # a single GPU per rank set by the scheduler counts as one GPU per rank

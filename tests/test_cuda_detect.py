@@ -118,28 +118,28 @@ def test_this_machines_wrapper_resolves_to_the_real_toolkit():
 def test_cpu_unless_a_driver_shows_a_gpu(tmp_path):
     _toolkit(tmp_path)
     env = {}
-    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run) is False  # nvcc but no driver
+    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[]) is False  # nvcc but no driver
     assert env["nvcc_path"] == ""
     with pytest.raises(cd.CudaSetupError, match="no NVIDIA driver"):
-        cd.prepare_environ({"JHSSL_DEVICE": "cuda"}, str(tmp_path), _no_which, _fail_run)
+        cd.prepare_environ({"JHSSL_DEVICE": "cuda"}, str(tmp_path), _no_which, _fail_run, sys_path=[])
     with pytest.raises(cd.CudaSetupError, match="JHSSL_DEVICE='gpu'"):
-        cd.prepare_environ({"JHSSL_DEVICE": "gpu"}, str(tmp_path), _no_which, _fail_run)
+        cd.prepare_environ({"JHSSL_DEVICE": "gpu"}, str(tmp_path), _no_which, _fail_run, sys_path=[])
 
 
 def test_cuda_with_driver_and_toolkit_off_path(tmp_path):
     real = _toolkit(tmp_path)
     _gpus(tmp_path, 2)
     env = {}
-    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run) is True
+    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[]) is True
     assert env["nvcc_path"] == str(real) and "CUDA_VISIBLE_DEVICES" not in env  # not under mpirun
     env = {"JHSSL_DEVICE": "cpu"}
-    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run) is False and env["nvcc_path"] == ""
+    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[]) is False and env["nvcc_path"] == ""
     # a driver but no toolkit: cpu (auto) or a one-line error (cuda)
     bare = tmp_path / "bare"
     _gpus(bare, 1)
-    assert cd.prepare_environ({}, str(bare), _no_which, _fail_run) is False
+    assert cd.prepare_environ({}, str(bare), _no_which, _fail_run, sys_path=[]) is False
     with pytest.raises(cd.CudaSetupError, match="no CUDA toolkit"):
-        cd.prepare_environ({"JHSSL_DEVICE": "cuda"}, str(bare), _no_which, _fail_run)
+        cd.prepare_environ({"JHSSL_DEVICE": "cuda"}, str(bare), _no_which, _fail_run, sys_path=[])
 
 
 # ----------------------------------------------------------------------------- ranks
@@ -154,7 +154,7 @@ def test_each_rank_gets_its_own_gpu(tmp_path, n_gpus):
     chosen = []
     for r in range(n_gpus):
         env = _mpi(r, n_gpus)
-        assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run)
+        assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[])
         chosen.append(env["CUDA_VISIBLE_DEVICES"])
         assert env["JHSSL_ONE_GPU_PER_RANK"] == "1" and "use_nccl" not in env
     assert chosen == [str(i) for i in range(n_gpus)]
@@ -174,12 +174,12 @@ def test_more_ranks_than_gpus_is_a_startup_error(tmp_path):
     _gpus(tmp_path, 1)
     for r in range(2):
         env = _mpi(r, 2, JHSSL_GPU_SHARING="1")
-        assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run)
+        assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[])
         assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["use_nccl"] == "0"
         assert "JHSSL_ONE_GPU_PER_RANK" not in env
     # one GPU per rank already bound by the scheduler (1 visible, set from outside): fine
     env = _mpi(1, 4, CUDA_VISIBLE_DEVICES="3")
-    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run)
+    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[])
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["JHSSL_ONE_GPU_PER_RANK"] == "1"
 
 
@@ -191,3 +191,24 @@ def test_bootstrap_startup_error_is_one_line(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip() == "jhssl: JHSSL_DEVICE='tpu': use one of auto, cpu, cuda"
+
+
+def test_cuda13_turns_cutt_off_and_nccl_wheel_paths_are_used(tmp_path):
+    real = _toolkit(tmp_path)  # cuda-13.0
+    _gpus(tmp_path, 1)
+    assert cd.toolkit_version(str(real)) == (13, 0)
+    site = tmp_path / "site"
+    nccl = site / "nvidia" / "nccl"
+    (nccl / "include").mkdir(parents=True)
+    (nccl / "lib").mkdir()
+    (nccl / "lib" / "libnccl.so.2").write_bytes(b"")
+    env = {}
+    assert cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[str(site)])
+    assert env["use_cutt"] == "0" and "nccl_lib_path" not in env  # no unversioned libnccl.so yet
+    os.symlink("libnccl.so.2", nccl / "lib" / "libnccl.so")
+    env = {}
+    cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[str(site)])
+    assert env["nccl_include_path"] == str(nccl / "include") and env["nccl_lib_path"] == str(nccl / "lib")
+    env = {"nccl_lib_path": "/mine", "use_cutt": "1"}  # the user's settings win
+    cd.prepare_environ(env, str(tmp_path), _no_which, _fail_run, sys_path=[str(site)])
+    assert env["nccl_lib_path"] == "/mine" and env["use_cutt"] == "1"
