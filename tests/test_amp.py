@@ -160,11 +160,17 @@ def test_teacher_keeps_moving_at_momentum_0_9999():
     rng = np.random.default_rng(0)
     crops = [jt.array(rng.standard_normal((2, 3, 16, 16)).astype(np.float32)) for _ in range(2)] + \
         [jt.array(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))]
-    with amp.autocast("float16"):
-        parts = method.compute_loss(crops, None, 0)
-    assert str(parts["loss"].dtype) == "float32" and np.isfinite(parts["loss"].item())
-    opt.backward(parts["loss"])
-    assert opt.step() is True
+    # gradients here reach ~1e3 (teacher temperature 0.04, untrained net): at scale 256 the fp16
+    # backward overflows, the scaler skips those steps and halves until the step fits
+    for attempt in range(8):
+        with amp.autocast("float16"):
+            parts = method.compute_loss(crops, None, 0)
+        assert str(parts["loss"].dtype) == "float32" and np.isfinite(parts["loss"].item())
+        opt.backward(parts["loss"])
+        if opt.step():
+            break
+    assert opt.updates == 1 and opt.loss_scaler.skipped == attempt and opt.loss_scaler.scale == 2.0 ** (8 - attempt)
+    assert all(np.array_equal(p.numpy(), t0[n]) for n, p in method.teacher.named_parameters())  # no EMA yet
     s1 = {n: p.numpy().copy() for n, p in method.student.named_parameters()}
     method.ema_update(0.9999)
     moved = 0

@@ -124,3 +124,37 @@ def test_jhssl_adamw_cuda_kernel_compiles(tmp_path):
            + launch + "}\n")
     out = _nvcc(tmp_path, src)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+_JT_CODE_MOCK = """
+#include <map>
+#include <string>
+#include <vector>
+#include <cuda_bf16.h>
+struct MockVar { std::vector<long long> shape; long long num; };
+"""
+
+
+def _jt_code_harness(header, src, in_types, out_types):
+    """A host function that runs ``src`` the way jt.code's generated op does: in<i>/out<i> Vars,
+    typed in<i>_p/out<i>_p pointers and the ``data`` map."""
+    params = [f"const {t}* in{i}_p" for i, t in enumerate(in_types)] + \
+             [f"{t}* out{i}_p" for i, t in enumerate(out_types)]
+    return (_JT_CODE_MOCK + header + "void launch(" + ", ".join(params) +
+            ", MockVar* in0, std::map<std::string, double>& data) {\n" + src + "}\n")
+
+
+@needs_nvcc
+@pytest.mark.slow
+@pytest.mark.parametrize("x_type", ["float", "__nv_bfloat16"])
+def test_fused_layer_norm_cuda_kernels_compile(tmp_path, x_type):
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "models/layers/cuda_layer_norm.py")).read())
+    c = {t.targets[0].id: t.value.value for t in tree.body
+         if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name) and isinstance(t.value, ast.Constant)}
+    h = c["CUDA_HEADER"]
+    for name, ins, outs in (("FORWARD_CUDA", [x_type, "float", "float"], [x_type, "float", "float"]),
+                            ("GRAD_X_CUDA", [x_type, "float", "float", "float", x_type], ["float"]),
+                            ("GRAD_WB_CUDA", [x_type, "float", "float", x_type], ["float", "float"])):
+        out = _nvcc(tmp_path, _jt_code_harness(h, c[name], ins, outs))
+        assert out.returncode == 0, (name, out.stderr[-3000:])

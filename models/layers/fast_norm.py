@@ -6,6 +6,8 @@ its gradients are single-pass kernels (``kernels/cpu_layer_norm*_op.cc``); other
 non-float32 input, it is Jittor's own LayerNorm (the reference path; on CUDA Jittor fuses it well).
 """
 from jhssl import bootstrap  # noqa: F401  (sets Jittor's env before jittor is imported)
+import os
+
 import jittor as jt
 from jittor import nn
 
@@ -20,6 +22,9 @@ def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float = 1e-5) -> jt
     bf16/fp16 input (mixed precision, jhssl.amp) is normalised in fp32 and the result stays fp32."""
     if str(x.dtype) in _LOW:
         x = x.float32()
+    if jt.flags.use_cuda and perf.fast_kernels_enabled() and os.environ.get("JHSSL_CUDA_LAYERNORM") == "1":
+        from .cuda_layer_norm import fused_layer_norm  # opt-in until checked on a GPU
+        return fused_layer_norm(x, weight, bias, eps)
     if (not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32
             and weight.dtype == jt.float32 and bias.dtype == jt.float32 and x.numel() > 0):
         from . import kernels  # lazy: compiled at first use
