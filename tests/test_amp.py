@@ -150,6 +150,7 @@ def test_fp16_overflow_skips_the_step_and_backs_off():
     assert max(np.abs(r - g).max() for r, g in zip(ref, got)) < 5e-3
 
 
+@pytest.mark.slow
 def test_teacher_keeps_moving_at_momentum_0_9999():
     from jhssl.methods.selfdistill import build_model
     cfg = tiny_config(extra=["amp=true", "method=dino", "hssl=null"])
@@ -186,6 +187,7 @@ def test_teacher_keeps_moving_at_momentum_0_9999():
     assert np.float16(t16 * np.float16(0.9999) + np.float16(0.5001) * np.float16(1e-4)) == t16
 
 
+@pytest.mark.slow
 def test_bf16_ibot_hssl_step_on_vit_with_convnext_head():
     """The whole iBOT+HSSL forward (ViT + ConvNext head, iBOT masks) under bf16 autocast: fp32 loss
     close to the fp32 loss, gradients fp32 and finite."""
