@@ -8,7 +8,7 @@ LayerNorm (tests/test_cuda_layer_norm.py); the CUDA sources are compile-checked 
 (tests/test_cuda_compile.py). Used by ``models.layers.fast_norm`` on CUDA only with
 ``JHSSL_CUDA_LAYERNORM=1`` until it has been checked on a GPU (benchmarks/gpu_check.sh).
 """
-from jhssl import bootstrap  # noqa: F401
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 
 CUDA_HEADER = r"""
