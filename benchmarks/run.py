@@ -273,6 +273,9 @@ WORKERS = {"gemm": worker_gemm, "attention": worker_attention, "layernorm": work
 def worker_main(spec_json):
     spec = json.loads(spec_json)
     try:
+        from jhssl.device import use_device
+        # --device via JHSSL_DEVICE; cpu by default: these rows compare against torch on the CPU
+        use_device(os.environ.get("JHSSL_DEVICE", "cpu"))
         res = WORKERS[spec["kind"]](spec)
     except Exception as exc:  # reported as a row, the suite goes on
         res = {"error": f"{type(exc).__name__}: {exc}"}
@@ -551,10 +554,15 @@ def main(argv=None):
                     help="OMP_WAIT_POLICY for every worker, Jittor and torch alike (default PASSIVE)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="re-write the markdown report of a results JSON written by this script, measuring nothing")
+    ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                    help="device of every worker (JHSSL_DEVICE; default: that variable, else cpu; "
+                         "the GPU benchmark is benchmarks/gpu.py)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+    if args.device:
+        os.environ["JHSSL_DEVICE"] = args.device  # read by each worker's bootstrap and worker_main
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)

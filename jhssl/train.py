@@ -25,6 +25,7 @@ import jittor as jt
 
 from jhssl import checkpoint as ckpt_lib
 from jhssl import dist
+from jhssl.amp import Precision
 from jhssl.logging import JsonlLogger, plot_run
 from jhssl.optim import AdamW, clip_gradients, param_groups
 from jhssl.schedules import cosine_scheduler
@@ -36,13 +37,11 @@ class NonFiniteLossError(RuntimeError):
 
 def setup_device(cfg):
     """``device``: auto (GPU when Jittor has CUDA), cpu, or cuda; ``amp`` only applies on GPU."""
-    want = cfg.device
-    if want == "cuda" and not jt.has_cuda:
-        raise RuntimeError("device=cuda but Jittor has no CUDA here (no GPU or no nvcc); use device=cpu")
-    jt.flags.use_cuda = 1 if (want == "cuda" or (want == "auto" and jt.has_cuda)) else 0
-    # Mixed precision: Jittor's automatic level 5 (fp16 where safe, fp32 for reductions/exp).
-    jt.flags.auto_mixed_precision_level = 5 if (cfg.amp and jt.flags.use_cuda) else 0
-    return "cuda" if jt.flags.use_cuda else "cpu"
+    from jhssl.device import use_device
+    device = use_device(cfg.device)
+    # mixed precision is jhssl.amp's autocast (fp32 master weights), not Jittor's global amp level
+    jt.flags.auto_mixed_precision_level = 0
+    return device
 
 
 def _iteration_seed(seed, iteration):
@@ -161,6 +160,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
     optimizer = AdamW(param_groups(student), lr=0.0)
+    precision = Precision.from_config(cfg, device == "cuda")
+    precision.attach(optimizer)
     accum = int(cfg.grad_accum)
     eff_batch = cfg.batch_size * accum
     o = cfg.optim
@@ -186,7 +187,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     n_params = sum(int(np.prod(p.shape)) for g in optimizer.param_groups for p in g["params"])
     if main:
         log(f"{cfg.method}{'+HSSL ' + '+'.join(cfg.hssl.heads) if cfg.hssl else ' baseline'}: "
-            f"{cfg.model.arch}/{cfg.model.patch_size} on {device}, {n_params / 1e6:.2f}M trained parameters, "
+            f"{cfg.model.arch}/{cfg.model.patch_size} on {device} ({precision.describe()}), "
+            f"{n_params / 1e6:.2f}M trained parameters, "
             f"{len(dataset.loader.source)} images, {niter} iterations/epoch x {cfg.epochs} epochs, "
             f"lr {o.lr * eff_batch / o.lr_ref_batch:.2e} (batch {eff_batch})")
 
@@ -244,7 +246,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                         g["lr"] = float(lr_sched[it])
                         g["weight_decay"] = float(wd_sched[it]) if g["regularized"] else 0.0
                 jt.set_seed(_iteration_seed(cfg.seed, it))
-                parts = method.compute_loss(list(crops), list(masks) if masks else None, epoch)
+                with precision.autocast():
+                    parts = method.compute_loss(list(crops), list(masks) if masks else None, epoch)
                 loss = parts["loss"]
                 bad_now = jt.logical_not(jt.abs(loss.detach()) < 3.0e38).reshape((1,))  # NaN (compares False) or inf
                 first_bad = jt.ternary(jt.logical_and(first_bad < 0, bad_now),
@@ -280,7 +283,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     t_log, n_img_log = time.time(), 0
                 if cfg.save_every_iters and it % cfg.save_every_iters == 0 and it % niter != 0:
                     save(epoch)
-                jt.gc()
+                if device == "cpu":  # on the GPU it would free Jittor's whole memory cache every step
+                    jt.gc()
             epoch_done = it // niter
             if it % niter == 0 and epoch_done > epoch:  # a complete epoch
                 if epoch_count and main:

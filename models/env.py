@@ -31,22 +31,19 @@ Every variable is only *defaulted*: a value set by the user always wins.
 Set ``JHSSL_DEVICE=cpu`` to force the CPU path on a GPU machine.
 """
 import os
-import shutil
 import sys
 
 _DONE = False
 
 
 def gpu_visible() -> bool:
-    """True when a CUDA driver and a GPU are visible to this process."""
-    if os.environ.get("JHSSL_DEVICE", "").lower() == "cpu":
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    if shutil.which("nvcc") is None and not os.environ.get("nvcc_path"):
-        return False
-    # /dev/nvidia0 (or nvidia-smi) shows a driver; nvcc alone does not.
-    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+    """True when this process trains on CUDA; sets ``nvcc_path`` (the real toolkit's nvcc, or "")
+    and, under mpirun, this rank's ``CUDA_VISIBLE_DEVICES`` (models/cuda_detect.py)."""
+    from . import cuda_detect
+    try:
+        return cuda_detect.prepare_environ(os.environ)
+    except cuda_detect.CudaSetupError as e:  # at import time: one line, not a traceback
+        raise SystemExit(f"jhssl: {e}") from None
 
 
 def setup_env() -> None:
@@ -54,9 +51,7 @@ def setup_env() -> None:
     if _DONE:
         return
     _DONE = True
-    if not gpu_visible():
-        os.environ["nvcc_path"] = ""
-    else:
+    if gpu_visible():
         os.environ.setdefault("use_cutlass", "0")
     os.environ.setdefault("use_mkl", "1")
     # oneDNN (Jittor) and MKL (torch) use GNU OpenMP, whose default spin-waiting collapses when
