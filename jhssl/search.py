@@ -46,6 +46,8 @@ from jhssl.methods.network import backbone_passes, new_outputs
 from jhssl.methods.selfdistill import SelfDistillation, build_model
 from jhssl import dist, metrics
 from jhssl.fileio import atomic_write_text
+from jhssl.logging import read_jsonl
+from jhssl.methods.registry import method_spec
 
 __all__ = ["SearchNetwork", "SearchMethod", "build_search", "check_search_config", "candidate_config",
            "shard_indices", "heldout_batches", "discrepancies", "rank_heads", "write_results", "run_search",
@@ -55,6 +57,9 @@ __all__ = ["SearchNetwork", "SearchMethod", "build_search", "check_search_config
 # ----------------------------------------------------------------------------- config
 def check_search_config(cfg) -> List[str]:
     """The candidate heads (``hssl.heads`` of a search config), validated before any compute."""
+    why_not = method_spec(cfg.method).search
+    if why_not:
+        raise ConfigError(f"run/search.py does not support method={cfg.method}: {why_not}")
     if cfg.hssl is None:
         raise ConfigError("the search needs an 'hssl' section: hssl.heads lists the candidate heads")
     heads = list(cfg.hssl.heads)
@@ -135,7 +140,7 @@ class SearchMethod(SelfDistillation):
 
     def __init__(self, cfg, student: SearchNetwork, teacher: SearchNetwork, losses: Sequence[SelfDistillationLoss]):
         self.bank = _LossBank(losses)
-        super().__init__(cfg, student, teacher, self.bank)
+        super().__init__(cfg, student, teacher, self.bank, patch_terms=losses[0].use_patch)
         self.names = list(student.names)
 
     def loss_for(self, i: int) -> SelfDistillationLoss:
@@ -207,27 +212,17 @@ def discrepancies(method: SearchMethod, batches, max_images: Optional[int] = Non
     ranks, so every rank returns the mean over all of them. Alone: the mean over ``batches``.
     """
     sums = np.zeros(len(method.names), dtype=np.float64)
-    count = 0
-    method.teacher.eval()
-    for batch in batches:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        if not isinstance(x, jt.Var):
-            x = jt.array(np.asarray(x, dtype=np.float32))
-        if max_images is not None and count >= max_images:
-            break
-        if max_images is not None and count + x.shape[0] > max_images:
-            x = x[:max_images - count]
-        with jt.no_grad():
-            t = method.teacher([x], n_global=1, want={"base_cls", "head_cls"})
+
+    def measure(x):
+        t = method.teacher([x], n_global=1, want={"base_cls", "head_cls"})
         for i, name in enumerate(method.names):
             loss = method.loss_for(i)
             c = loss.center.numpy()
             per = metrics.kl_discrepancy_from_logits(t[name]["base_cls"].numpy(), t[name]["head_cls"].numpy(),
                                                      final_teacher_temp(loss), c, c, reduce=False)
             sums[i] += float(per.sum())
-        count += int(x.shape[0])
-        jt.sync_all()
-        jt.gc()
+
+    count = metrics.run_batches(method.teacher, batches, measure, max_images)
     total = dist.all_reduce_np(np.concatenate([sums, [count]]))
     sums, count = total[:-1], int(round(total[-1]))
     if count == 0:
@@ -287,14 +282,8 @@ def write_results(out_prefix: str, result: Dict) -> Dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- timing
-def _steps_since(log_path: str, offset: int) -> List[Dict]:
-    """The ``step`` records appended to ``log_path`` after byte ``offset`` (rank 0's log)."""
-    if not os.path.isfile(log_path):
-        return []
-    with open(log_path, "rb") as f:
-        f.seek(offset)
-        lines = f.read().decode("utf-8").splitlines()
-    return [r for r in (json.loads(x) for x in lines if x.strip()) if r.get("type") == "step"]
+def _steps(records) -> List[Dict]:
+    return [r for r in records if r.get("type") == "step"]
 
 
 def _timed_train(cfg, out_dir: str, n_iters: int, warmup: int, build=None) -> List[float]:
@@ -324,7 +313,7 @@ def _timed_train(cfg, out_dir: str, n_iters: int, warmup: int, build=None) -> Li
               method=None if build is None else build(c), evaluate=False)
         times = None
         if dist.is_main():
-            steps = sorted(_steps_since(os.path.join(out_dir, "log.jsonl"), 0), key=lambda r: r["iteration"])
+            steps = sorted(_steps(read_jsonl(os.path.join(out_dir, "log.jsonl"))), key=lambda r: r["iteration"])
             times = [c.batch_size / r["img_per_s"] for r in steps][warmup:]
     finally:
         if dist.is_main():
@@ -406,11 +395,11 @@ def run_search(cfg, out_prefix: Optional[str] = None, timing_iters: int = 5, max
 
     method = build_search(cfg, heads)
     log_path = os.path.join(cfg.output_dir, "log.jsonl")
-    log_offset = os.path.getsize(log_path) if main and os.path.isfile(log_path) else 0
+    n_before = len(read_jsonl(log_path)) if main else 0  # records of earlier runs in output_dir
     t0 = time.time()
     res = train(cfg, resume=resume, max_iters=max_iters, log=log, progress=progress, method=method, evaluate=knn)
     wall = time.time() - t0
-    history = _steps_since(log_path, log_offset) if main else []
+    history = _steps(read_jsonl(log_path)[n_before:]) if main else []
     jt.gc()
     # each rank measures its own slice of the held-out images; the sums are totalled over ranks
     mine = shard_indices(heldout.total_len)
