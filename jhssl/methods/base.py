@@ -38,6 +38,9 @@ class Method:
         if self.name is None:  # a class shared by several methods (the head search) takes cfg's
             self.name = cfg.method
         self.spec = method_spec(self.name)
+        if self.spec.ema_teacher != (teacher is not None):
+            raise ValueError(f"method {self.name}: the registry says ema_teacher={self.spec.ema_teacher} but "
+                             f"the method was built {'with' if teacher is not None else 'without'} a teacher")
         self.student, self.teacher, self.loss = student, teacher, loss
         if teacher is not None:
             # The teacher never gets gradients: its Vars are stop_grad and the optimizer only sees
