@@ -154,9 +154,9 @@ def test_two_ranks_match_one_process(tmp_path):
     extra = ["--method", "mocov3", *M.COMMON, "mocov3.negatives=batch+queue", "mocov3.queue_size=16"]
     single, dual = str(tmp_path / "single"), str(tmp_path / "dual")
     script = os.path.join(M.SCRIPTS, "train_run.py")
-    p1, _ = M.run([sys.executable, script, "--out", single, "--data", data, "--max-iters", "3", *extra])
+    p1, _ = M.run([sys.executable, script, "--out", single, "--data", data, "--max-iters", "3", *extra], timeout=1200)
     M.assert_ok(p1)
-    p2, _ = M.run(M.mpi_cmd("train_run.py", "--out", dual, "--data", data, "--max-iters", "3", *extra))
+    p2, _ = M.run(M.mpi_cmd("train_run.py", "--out", dual, "--data", data, "--max-iters", "3", *extra), timeout=1200)
     M.assert_ok(p2)
     l1, l2 = M.step_losses(single), M.step_losses(dual)
     assert sorted(l1) == sorted(l2) == [1, 2, 3]
