@@ -30,7 +30,8 @@ def base_model_kwargs(cfg, drop_path_rate=None, use_mask_token=None):
     info = _registry().model_info(m.arch)
     taken = info.options
     if use_mask_token is None:
-        use_mask_token = cfg.method == "ibot"
+        from jhssl.methods.registry import method_spec
+        use_mask_token = method_spec(cfg.method).mask_token
     wanted = {"drop_path_rate": m.drop_path_rate if drop_path_rate is None else drop_path_rate,
               "img_size": m.img_size or cfg.data.global_crop_size,
               "patch_size": m.patch_size}
@@ -49,7 +50,7 @@ def base_model_kwargs(cfg, drop_path_rate=None, use_mask_token=None):
             raise _not_taken(option, m.arch, taken, f"model.patch_size={m.patch_size} is set")
         if option == "use_mask_token":
             raise _not_taken(option, m.arch, taken,
-                             f"method={cfg.method} masks patches (iBOT's masked image modelling)")
+                             f"method={cfg.method} masks patches (masked image modelling)")
         if option == "drop_path_rate" and value:
             raise _not_taken(option, m.arch, taken, f"model.drop_path_rate={value} is set")
     return kwargs
@@ -59,7 +60,8 @@ def check_base_model(cfg):
     """Raise :class:`ConfigError` for an option ``cfg.model.arch`` does not take, or for global crops
     the iBOT mask grid does not divide (no model is built)."""
     base_model_kwargs(cfg)
-    if cfg.method == "ibot":
+    from jhssl.methods.registry import method_spec
+    if method_spec(cfg.method).views.masks == "block":
         px = mask_patch_size(cfg)
         if cfg.data.global_crop_size % px:
             raise ConfigError(f"config key 'data.global_crop_size' = {cfg.data.global_crop_size} must be a "

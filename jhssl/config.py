@@ -28,6 +28,8 @@ import yaml
 
 from jhssl.fileio import atomic_write_text
 from jhssl.errors import UserError
+from jhssl.methods.registry import foreign_keys, method_names
+from jhssl.methods.registry import method_spec as _method_spec
 
 __all__ = [
     "ConfigError", "Config", "F", "SCHEMA", "HEAD_ARCHS", "load_config", "config_from_dict",
@@ -119,8 +121,9 @@ def _triple(v):
 # where the default is a float) or an F(...) for unions, nullables, choices and ranges.
 # A section declared with NULLABLE_SECTIONS may be set to null as a whole (``hssl: null``).
 SCHEMA: dict = {
-    # iBOT|DINO. HSSL wraps either (paper Sec. 4 "we follow its official implementation").
-    "method": F("ibot", choices=("ibot", "dino")),
+    # A registered method (jhssl.methods.registry): ibot, dino, mocov3. HSSL wraps any of them
+    # (paper Sec. 4 "we follow its official implementation").
+    "method": F("ibot", choices=method_names()),
     "output_dir": "output",
     "epochs": F(100, check=_positive),           # paper App. B: 100 epochs (ViT-S/16)
     "seed": 0,                                     # main_ibot.py default
@@ -205,6 +208,21 @@ SCHEMA: dict = {
         "center_momentum": F(0.9, check=_in_unit_interval),
         "lambda1": F(1.0, check=_non_negative),                  # weight of CLS terms (iBOT)
         "lambda2": F(1.0, check=_non_negative),                  # weight of masked-patch terms (iBOT)
+    },
+
+    # MoCo v3 (method: mocov3). Defaults: the official ViT recipe (facebookresearch/moco-v3, CONFIG.md
+    # ViT-Small: --moco-m-cos --moco-t=.2 --stop-grad-conv1; builder.py: 3-layer projector and 2-layer
+    # predictor, hidden 4096, out 256, BN after every layer (the last one without affine)).
+    "mocov3": {
+        "proj_hidden_dim": F(4096, check=_positive),
+        "proj_dim": F(256, check=_positive),
+        "pred_hidden_dim": F(4096, check=_positive),
+        "temperature": F(0.2, check=_positive),     # paper App. D / official --moco-t .2 (ViT)
+        # Negatives: "batch" (MoCo v3: the other keys of the global batch, gathered over ranks),
+        # "queue" (a FIFO memory bank of past keys, the paper's wording, MoCo v1/v2), or both.
+        "negatives": F("batch", choices=("batch", "queue", "batch+queue")),
+        "queue_size": F(0, check=_non_negative),     # keys in the FIFO; a multiple of batch_size
+        "freeze_patch_embed": True,                  # official --stop-grad-conv1: random patch projection
     },
 
     "data": {
@@ -412,7 +430,8 @@ def _cross_checks(cfg: Config) -> None:
     if h is not None and h.head_structure != "full" and list(h.heads) != ["convnext"]:
         raise ConfigError(f"config key 'hssl.head_structure' = {h.head_structure!r} is the ConvNext head's "
                           f"ablation (Table XV): set hssl.heads=[convnext], got {h.heads}")
-    if h is not None and h.connection == "parallel" and cfg.method == "ibot" and h.patch_level == "head":
+    patch_terms = _method_spec(cfg.method).views.masks == "block"  # iBOT's masked patch terms
+    if h is not None and h.connection == "parallel" and patch_terms and h.patch_level == "head":
         raise ConfigError("config key 'hssl.connection' = 'parallel': the parallel ConvNeXt-T has its own "
                           "token grid, so its patch tokens cannot supervise the base's; set "
                           "hssl.patch_level=base or none (or method=dino)")
@@ -421,6 +440,40 @@ def _cross_checks(cfg: Config) -> None:
                           f"{h.connection!r}: the supervision ablation (Table XIV) is for the serial head")
     if cfg.resume is not None and cfg.resume.lower() == "none":
         cfg.resume = None
+    if cfg.method == "mocov3":
+        mo = cfg.mocov3
+        if "queue" in mo.negatives:
+            if mo.queue_size <= 0 or mo.queue_size % cfg.batch_size:
+                raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} must be a positive multiple "
+                                  f"of batch_size = {cfg.batch_size} with mocov3.negatives={mo.negatives} (each "
+                                  f"step enqueues whole global batches of keys)")
+        elif mo.queue_size:
+            raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} is set but mocov3.negatives="
+                              f"{mo.negatives} uses no queue: set mocov3.negatives=queue or batch+queue")
+
+
+def _non_default_keys(values: dict, schema: dict, prefix: str = "") -> list:
+    """Dotted keys of ``values`` (a validated section) whose value differs from the schema default."""
+    out = []
+    for k, spec in schema.items():
+        key = f"{prefix}.{k}" if prefix else k
+        v = values.get(k) if values is not None else None
+        if isinstance(spec, dict):
+            if v is not None:
+                out += _non_default_keys(v, spec, key)
+        elif v != _validate_leaf(key, copy.deepcopy(_leaf(spec).default), _leaf(spec)):
+            out.append(key)
+    return out
+
+
+def _check_method_keys(cfg: Config) -> None:
+    """Keys another method owns (jhssl.methods.registry), set for this one: an error naming both."""
+    bad = foreign_keys(cfg.method, _non_default_keys(cfg, SCHEMA))
+    if bad:
+        owners = sorted({o for v in bad.values() for o in v})
+        raise ConfigError(f"config key{'s' if len(bad) > 1 else ''} {', '.join(repr(k) for k in bad)} "
+                          f"{'are' if len(bad) > 1 else 'is'} not read by method '{cfg.method}' (only by "
+                          f"{', '.join(owners)}): remove {'them' if len(bad) > 1 else 'it'}")
 
 
 def _drop_unknown(d: dict, schema: dict, prefix: str, dropped: list) -> dict:
@@ -450,6 +503,7 @@ def config_from_dict(d: dict, strict: bool = True) -> Config:
             import warnings
             warnings.warn(f"ignoring config keys unknown to this version: {', '.join(dropped)}", stacklevel=2)
     cfg = _validate_section("", d, SCHEMA)
+    _check_method_keys(cfg)
     _cross_checks(cfg)
     return cfg
 

@@ -27,7 +27,7 @@ from jhssl import checkpoint as ckpt_lib
 from jhssl import dist
 from jhssl.amp import Precision
 from jhssl.logging import JsonlLogger, plot_run
-from jhssl.optim import AdamW, clip_gradients, param_groups
+from jhssl.optim import AdamW, clip_gradients
 from jhssl.schedules import cosine_scheduler
 
 
@@ -50,10 +50,6 @@ def _iteration_seed(seed, iteration):
     return (int(seed) * 1000003 + int(iteration) * 7919 + dist.rank() * 104729) % (2 ** 31 - 1)
 
 
-def _last_layer_ids(student):
-    return {id(p) for n, p in student.named_parameters() if "last_layer" in n}
-
-
 def _loss_state(loss):
     """Every Var of the loss module (the centers of one loss, or ``losses.<i>.center*`` of the
     search's loss bank) as {name: ndarray}."""
@@ -63,7 +59,7 @@ def _loss_state(loss):
 def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
     return {
         "student": ckpt_lib.to_numpy_state(method.student),
-        "teacher": ckpt_lib.to_numpy_state(method.teacher),
+        "teacher": ckpt_lib.to_numpy_state(method.teacher) if method.teacher is not None else None,
         "optimizer": optimizer.state_dict(),
         "loss": _loss_state(method.loss),
         "epoch": int(epoch), "iteration": int(iteration),
@@ -73,7 +69,8 @@ def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
 
 def _restore(method, optimizer, state):
     ckpt_lib.load_state_dict_strict(method.student, state["student"], what="student")
-    ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
+    if method.teacher is not None:
+        ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
     optimizer.load_state_dict(state["optimizer"])
     # older checkpoints stored "center_patch": None for a loss without patch terms
     loss_state = {k: v for k, v in state["loss"].items() if v is not None}
@@ -109,7 +106,7 @@ def _discrepancy(cfg, method, eval_sets, epoch, log):
 def run_knn(cfg, method, log=print, datasets=None):
     """k-NN top-1/top-5 of the teacher's features (``eval.features``: base CLS by default)."""
     from jhssl.knn import evaluate_knn, feature_fn
-    net = method.teacher if cfg.eval.which == "teacher" else method.student
+    net = method.eval_network(cfg.eval.which)
     was_training = net.is_training()
     net.eval()
     try:
@@ -159,7 +156,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
         method = build_model(cfg)
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
-    optimizer = AdamW(param_groups(student), lr=0.0)
+    optimizer = AdamW(method.param_groups(), lr=0.0)
     precision = Precision.from_config(cfg, device == "cuda")
     precision.attach(optimizer)
     accum = int(cfg.grad_accum)
@@ -168,8 +165,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     lr_sched = cosine_scheduler(o.lr * eff_batch / o.lr_ref_batch, o.min_lr, cfg.epochs, niter,
                                 warmup_epochs=o.warmup_epochs)
     wd_sched = cosine_scheduler(o.weight_decay, o.weight_decay_end, cfg.epochs, niter)
-    mom_sched = cosine_scheduler(o.momentum_teacher, 1.0, cfg.epochs, niter)
-    last_layer = _last_layer_ids(student)
+    mom_sched = method.momentum_schedule(niter)  # None: no EMA teacher
 
     # ---------------- resume
     start_epoch, start_iter, knn_result, ckpt_path = 0, 0, None, None
@@ -197,7 +193,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     it = start_iter
     last_parts = {}
     student.train()
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     # First iteration with a non-finite loss (-1: none); a lazy Var, read at log/checkpoint time.
     first_bad = jt.array(np.array([-1], dtype=np.int32)).stop_grad()
     iter_bar = None
@@ -235,7 +232,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                 break
             skip = it - epoch * niter  # mid-epoch resume: skip batches already trained on
             dataset.set_epoch(epoch, start_batch=skip)
-            optimizer.frozen = last_layer if epoch < o.freeze_last_layer else set()
+            optimizer.frozen = method.frozen_parameters(epoch)
             t_log, n_img_log = time.time(), 0
             epoch_sums, epoch_count = {}, 0
             for i, (crops, masks, _labels) in enumerate(dataset, start=skip):
@@ -257,7 +254,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     if o.clip_grad:
                         clip_gradients(optimizer, o.clip_grad)
                     optimizer.step()
-                    method.ema_update(mom_sched[it])
+                    if mom_sched is not None:
+                        method.ema_update(mom_sched[it])
                 jt.sync_all()
                 it += 1
                 n_img_log += cfg.batch_size
@@ -270,8 +268,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     dt = time.time() - t_log
                     rec = {"type": "step", "epoch": epoch, "iteration": it, **last_parts,
                            "lr": float(lr_sched[it - 1]), "wd": float(wd_sched[it - 1]),
-                           "momentum": float(mom_sched[it - 1]), "img_per_s": n_img_log / max(dt, 1e-9),
-                           "time": time.time()}
+                           "img_per_s": n_img_log / max(dt, 1e-9), "time": time.time()}
+                    if mom_sched is not None:
+                        rec["momentum"] = float(mom_sched[it - 1])
                     logger.write(rec)
                     for k, v in last_parts.items():
                         epoch_sums[k] = epoch_sums.get(k, 0.0) + v
