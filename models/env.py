@@ -59,6 +59,13 @@ def setup_env() -> None:
     # machine with PASSIVE). Must be set before the OpenMP runtime loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("log_silent", "0" if verbose() else "1")
+    # Jittor compiles the ops of a new graph in a pool of threads. A compile thread crashed under
+    # load in our tests (cold cache, 2 cores): Jittor then calls exit(), whose destructor joins
+    # the crashed thread and hangs forever (seen as a test that never ends; py-spy: exit() ->
+    # SimpleThreads::~list -> pthread_mutex_lock). Serial compilation has no pool to hang on; it
+    # only slows the first run of a new graph (kernels are cached afterwards).
+    # ``use_parallel_op_compiler=16`` restores Jittor's default.
+    os.environ.setdefault("use_parallel_op_compiler", "0")
 
 
 def verbose() -> bool:
