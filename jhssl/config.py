@@ -109,6 +109,16 @@ def _pair_positive(v):
         return "must be [min, max] with 0 < min <= max"
 
 
+def _adam_betas(v):
+    if len(v) != 2 or not all(0.0 <= b < 1.0 for b in v):
+        return "must be [beta1, beta2] with 0 <= beta < 1"
+
+
+def _mask_ratio(v):
+    if not 0.0 <= v < 1.0:
+        return "must be in [0, 1) (MAE's encoder needs a visible patch)"
+
+
 def _triple(v):
     if len(v) != 3:
         return "must have 3 values (one per RGB channel)"
@@ -120,7 +130,8 @@ def _triple(v):
 # A section declared with NULLABLE_SECTIONS may be set to null as a whole (``hssl: null``).
 SCHEMA: dict = {
     # iBOT|DINO. HSSL wraps either (paper Sec. 4 "we follow its official implementation").
-    "method": F("ibot", choices=("ibot", "dino")),
+    # mae: MAE / MAE + HSSL (paper App. D), jhssl/methods/mae.py.
+    "method": F("ibot", choices=("ibot", "dino", "mae")),
     "output_dir": "output",
     "epochs": F(100, check=_positive),           # paper App. B: 100 epochs (ViT-S/16)
     "seed": 0,                                     # main_ibot.py default
@@ -178,6 +189,18 @@ SCHEMA: dict = {
         "clip_grad": F(3.0, check=_non_negative),  # paper App. B ViT-S/16 (0 disables)
         "freeze_last_layer": F(1, check=_non_negative),  # main_ibot.py default (epochs)
         "momentum_teacher": F(0.996, check=_in_unit_interval),  # cosine 0.996 -> 1
+        "betas": F([0.9, 0.999], elem=float, check=_adam_betas),  # AdamW betas (DINO/iBOT: torch default; MAE: 0.95)
+    },
+
+    # method: mae (facebookresearch/mae; decoder sizes of its ViT-B/L/H models)
+    "mae": {
+        "mask_ratio": F(0.75, check=_mask_ratio),      # MAE: 75 % of the patches masked
+        "norm_pix_loss": True,                          # MAE's recipe: per-patch normalised pixel targets
+        "decoder_embed_dim": F(512, check=_positive),   # MAE ViT-B/L/H: width 512
+        "decoder_depth": F(8, check=_positive),         # 8 blocks
+        "decoder_num_heads": F(16, check=_positive),    # 16 heads
+        "init_from": F(None, types=str, nullable=True,
+                       doc="zoo name or weights file for the base encoder (decoders and head start fresh)"),
     },
 
     "loss": {
@@ -390,6 +413,9 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.knn_k' must be a non-empty list of positive ints, got {cfg.eval.knn_k}")
     if cfg.hssl is not None and not cfg.hssl.heads:
         raise ConfigError("config key 'hssl.heads' may not be empty (use hssl=null for the baseline)")
+    if cfg.method == "mae" and cfg.data.local_crops_number:
+        raise ConfigError(f"method 'mae' takes one view per image: set data.local_crops_number=0 "
+                          f"(got {cfg.data.local_crops_number})")
     if cfg.resume is not None and cfg.resume.lower() == "none":
         cfg.resume = None
 

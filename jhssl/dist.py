@@ -178,7 +178,7 @@ def broadcast_module(module, root: int = 0):
 def sync_initial_state(method, root: int = 0):
     """Identical start on every rank: student, teacher and loss state (centers) from ``root``.
     Call after building the method (and before resuming, which then loads the same file)."""
-    mods = (method.student, method.teacher, method.loss)
+    mods = tuple(m for m in (method.student, method.teacher, method.loss) if m is not None)  # MAE: no teacher
     # Materialise the lazy initialisation in one graph first, with or without MPI: Jittor draws
     # random numbers when an op runs, so running the init ops one broadcast at a time would draw
     # them in another order than a single process does (ranks would agree with each other but

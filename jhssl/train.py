@@ -62,9 +62,10 @@ def _loss_state(loss):
 
 
 def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
+    # a method without an EMA teacher (MAE) stores teacher None
     return {
         "student": ckpt_lib.to_numpy_state(method.student),
-        "teacher": ckpt_lib.to_numpy_state(method.teacher),
+        "teacher": ckpt_lib.to_numpy_state(method.teacher) if method.teacher is not None else None,
         "optimizer": optimizer.state_dict(),
         "loss": _loss_state(method.loss),
         "epoch": int(epoch), "iteration": int(iteration),
@@ -74,7 +75,8 @@ def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
 
 def _restore(method, optimizer, state):
     ckpt_lib.load_state_dict_strict(method.student, state["student"], what="student")
-    ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
+    if method.teacher is not None:
+        ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
     optimizer.load_state_dict(state["optimizer"])
     # older checkpoints stored "center_patch": None for a loss without patch terms
     loss_state = {k: v for k, v in state["loss"].items() if v is not None}
@@ -102,7 +104,10 @@ def _discrepancy(cfg, method, eval_sets, epoch, log):
     val = eval_sets[1]
     n, bs = min(500, val.total_len), 64
     images = (np.stack([val[i][0] for i in range(s, min(s + bs, n))]) for s in range(0, n, bs))
-    stats = network_discrepancy(method, images, epoch=epoch, max_images=500)
+    if hasattr(method, "discrepancy"):  # a method with its own D (MAE: see jhssl/methods/mae.py)
+        stats = method.discrepancy(images, epoch=epoch, max_images=500)
+    else:
+        stats = network_discrepancy(method, images, epoch=epoch, max_images=500)
     DiscrepancyLog(cfg.output_dir).add(epoch, stats)
     return stats
 
@@ -110,7 +115,7 @@ def _discrepancy(cfg, method, eval_sets, epoch, log):
 def run_knn(cfg, method, log=print, datasets=None):
     """k-NN top-1/top-5 of the teacher's features (``eval.features``: base CLS by default)."""
     from jhssl.knn import evaluate_knn, feature_fn
-    net = method.teacher if cfg.eval.which == "teacher" else method.student
+    net = method.teacher if cfg.eval.which == "teacher" and method.teacher is not None else method.student
     was_training = net.is_training()
     net.eval()
     try:
@@ -156,7 +161,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
         method = build_model(cfg)
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
-    optimizer = AdamW(param_groups(student), lr=0.0)
+    optimizer = AdamW(param_groups(student), lr=0.0, betas=tuple(cfg.optim.betas))
     accum = int(cfg.grad_accum)
     eff_batch = cfg.batch_size * accum
     o = cfg.optim
@@ -191,7 +196,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     it = start_iter
     last_parts = {}
     student.train()
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     # First iteration with a non-finite loss (-1: none); a lazy Var, read at log/checkpoint time.
     first_bad = jt.array(np.array([-1], dtype=np.int32)).stop_grad()
     iter_bar = None
@@ -310,8 +316,14 @@ def _knn_and_log(cfg, method, logger, epoch, it, log, eval_sets=None):
     from jhssl.knn import format_knn
     res = run_knn(cfg, method, log=log if dist.is_main() else None, datasets=eval_sets)
     if dist.is_main():
-        log(format_knn(res, cfg.eval.knn_t, what=f"teacher {cfg.eval.features}, epoch {epoch}"))
+        log(format_knn(res, cfg.eval.knn_t, what=f"{'teacher' if method.teacher is not None else 'student'} "
+                                                   f"{cfg.eval.features}, epoch {epoch}"))
         logger.write({"type": "knn", "epoch": epoch, "iteration": it, "time": time.time(),
                       **{f"top1_k{k}": r["top1"] for k, r in res.items()},
                       **{f"top5_k{k}": r["top5"] for k, r in res.items()}})
+        if hasattr(method, "write_reconstruction_png") and eval_sets is not None:  # MAE: input/masked/recon
+            val = eval_sets[1]
+            images = np.stack([val[i][0] for i in range(min(8, val.total_len))])
+            method.write_reconstruction_png(os.path.join(cfg.output_dir, f"reconstruction_{epoch:04d}.png"),
+                                            images, cfg.data.mean, cfg.data.std)
     return res

@@ -34,9 +34,9 @@ import jittor as jt
 from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 
-from .masking import MaskGenerator
+from .masking import MaskGenerator, RandomPatchMask
 from .sources import FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, select_subset
-from .transforms import EvalTransform, MultiCropAugmentation
+from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation
 
 __all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
            "build_eval_datasets", "collate_pretrain"]
@@ -251,8 +251,12 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     global ``batch_size``, ``num_workers``, ``drop_last=True`` and an :class:`EpochSampler`."""
     d = cfg.data
     src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed)
-    transform = MultiCropAugmentation.from_config(d)
-    masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size) if cfg.method == "ibot" else None
+    if cfg.method == "mae":  # one view, MAE's random patch mask (drawn per sample: MPI/resume exact)
+        transform = CropFlipAugmentation.from_config(d)
+        masks = RandomPatchMask(cfg.model.patch_size, cfg.mae.mask_ratio)
+    else:
+        transform = MultiCropAugmentation.from_config(d)
+        masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size) if cfg.method == "ibot" else None
     ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
     if len(src) < cfg.batch_size:
         raise ValueError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "

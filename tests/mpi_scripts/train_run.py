@@ -81,6 +81,8 @@ def main():
     m = captured["method"]
     state = {}
     for prefix, mod in (("student.", m.student), ("teacher.", m.teacher), ("loss.", m.loss)):
+        if mod is None:  # MAE has no teacher
+            continue
         for k, v in to_numpy_state(mod).items():
             state[prefix + k] = v
     np.savez(os.path.join(args.out, f"state_rank{dist.rank()}.npz"), **state)
