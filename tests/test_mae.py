@@ -252,11 +252,12 @@ def test_init_from_converted_encoder_leaves_head_and_decoders_fresh(tmp_path, ca
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Fashion-MNIST not installed")
 def test_fashion_mnist_run_lowers_reconstruction_loss_and_writes_png(tmp_path):
     from PIL import Image
     from jhssl.train import train
-    out = str(tmp_path / "fm")
+    out = os.environ.get("JHSSL_MAE_DEMO_OUT") or str(tmp_path / "fm")  # set it to keep the PNGs
     cfg = mae_config(out, extra=[
         "data.dataset=fashion_mnist", f"data.path={FMNIST}", "data.subset=0.02", "data.global_crop_size=16",
         "data.global_crops_scale=[0.5,1.0]", "batch_size=32", "epochs=3", "eval_every=1", "optim.lr=5e-3",
@@ -273,3 +274,44 @@ def test_fashion_mnist_run_lowers_reconstruction_loss_and_writes_png(tmp_path):
     w, h = Image.open(os.path.join(out, pngs[-1])).size
     assert w > h / 8 * 3 * 0.9  # 3 columns (input, masked, reconstruction) of 8 rows
     assert os.path.exists(os.path.join(out, "discrepancy.jsonl")) and res["knn"]
+
+
+# ----------------------------------------------------------------------------- recipes
+def _recipe(name, overrides=()):
+    from _train_helpers import ROOT
+    from jhssl.config import load_config
+    return load_config(os.path.join(ROOT, "configs", name + ".yaml"), list(overrides))
+
+
+def test_recipes_follow_mae_and_the_baseline_is_a_twin():
+    hssl, base, demo = (_recipe("mae_hssl_vit_small_16"), _recipe("mae_hssl_vit_small_16_baseline"),
+                        _recipe("mae_demo"))
+    for c in (hssl, demo):
+        assert c.method == "mae" and c.hssl.heads == ["convnext"] and c.hssl.depth == 3
+        assert (c.mae.mask_ratio, c.mae.norm_pix_loss, c.optim.betas) == (0.75, True, [0.9, 0.95])
+        assert (c.optim.weight_decay, c.optim.weight_decay_end, c.optim.clip_grad, c.data.local_crops_number) == \
+            (0.05, 0.05, 0.0, 0)
+    assert (hssl.epochs, hssl.batch_size, hssl.optim.lr, hssl.optim.warmup_epochs, hssl.optim.min_lr) == \
+        (400, 4096, 1.5e-4, 40, 0.0)
+    assert (hssl.mae.decoder_embed_dim, hssl.mae.decoder_depth, hssl.mae.decoder_num_heads) == (384, 8, 12)
+    assert hssl.data.global_crops_scale == [0.2, 1.0] and hssl.model.arch == "vit_small"
+    a, b = hssl.to_dict(), base.to_dict()
+    assert b.pop("hssl") is None and a.pop("hssl")
+    a.pop("output_dir"), b.pop("output_dir")
+    assert a == b
+
+
+def test_vit_small_recipe_builds_and_steps():
+    from jhssl.methods import build_model
+    from jhssl.optim import AdamW, param_groups
+    cfg = _recipe("mae_hssl_vit_small_16", ["data.global_crop_size=64", "mae.decoder_depth=1", "hssl.depth=1"])
+    m = build_model(cfg)
+    assert m.student.decoder.pred.weight.shape == (384, 384)          # predicts the head's 384 channels
+    assert m.student.aux_decoder.pred.weight.shape == (16 * 16 * 3, 384)  # the head's decoder: RGB patches
+    opt = AdamW(param_groups(m.student), lr=1e-4, betas=tuple(cfg.optim.betas), weight_decay=0.05)
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    parts = m.compute_loss([x], [batch_masks(2, crop=64, patch=16)], 0)
+    w = m.student.aux_decoder.pred.weight.numpy().copy()
+    opt.backward(parts["loss"])
+    opt.step()
+    assert np.isfinite(parts["loss"].item()) and not np.allclose(m.student.aux_decoder.pred.weight.numpy(), w)

@@ -217,11 +217,11 @@ class MAE:
         self.per_epoch_discrepancy = self.hssl
 
     # -- loss ------------------------------------------------------------------------------------
-    def forward(self, imgs, mask):
+    def forward(self, imgs, mask, net=None):
         if not isinstance(imgs, jt.Var):
             imgs = jt.array(np.asarray(imgs, dtype=np.float32))
         keep, restore, mask_np, k = masking_rows(mask)
-        out = self.student(imgs, keep, restore, mask_np, k)
+        out = (net or self.student)(imgs, keep, restore, mask_np, k)
         return imgs, jt.array(mask_np).stop_grad(), out
 
     def loss_terms(self, imgs, mask, out):
@@ -259,48 +259,47 @@ class MAE:
         rng = np.random.default_rng([int(seed), 0x3AE])
         return np.stack([gen(grid_hw, rng) for _ in range(n)])
 
-    def _eval_batches(self, images, max_images):
-        seen = 0
-        for batch in images:
-            x = np.asarray(batch[0] if isinstance(batch, (list, tuple)) else batch, dtype=np.float32)
-            x = x[:max_images - seen]
-            if len(x) == 0:
-                break
-            yield seen, x
-            seen += len(x)
+    def discrepancy_batch(self, net, x, epoch=None):
+        """Per-image D of one batch (fixed masks), and the base's CLS / the head's pooled features:
+        ``(d_rows (B,), base_feats (B, C), head_feats (B, C_head))`` numpy arrays."""
+        if net.aux_head is None:
+            raise ValueError("discrepancy needs an auxiliary head: this network has none (hssl: null?)")
+        x = np.asarray(x, dtype=np.float32)
+        grid = net.backbone.patch_embed.check_img_size(x.shape[-2], x.shape[-1])
+        with jt.no_grad():
+            imgs, mask, out = self.forward(x, self.eval_masks(len(x), grid[0]), net=net)
+            per_patch = ((out["feat_base"] - out["target"]) ** 2).mean(dim=-1)
+            d = (per_patch * mask).sum(dim=1) / mask.sum(dim=1)
+            full = net.backbone.forward_features(imgs)
+            h = net.aux_head(full["head_input"], full["grid"])
+            return d.numpy(), full["cls"].numpy(), h["cls"].numpy()
 
     def discrepancy(self, images, epoch=None, max_images=500):
-        """D (see the module docstring), linear CKA and Procrustes of base CLS vs head pooled features."""
+        """D (the module docstring), linear CKA and Procrustes over up to ``max_images`` images;
+        D is logged under ``kl``, the column the clustering methods' Eq. 5 D uses."""
         from jhssl.metrics import DiscrepancyMeter
-        if not self.hssl:
-            raise ValueError("discrepancy needs an auxiliary head: this network has none (hssl: null?)")
         net = self.student
         meter = DiscrepancyMeter(max_feature_samples=max_images)
-        d_sum, d_n = 0.0, 0
+        seen = 0
         was_training = net.is_training()
         net.eval()
         try:
-            for start, x in self._eval_batches(images, max_images):
-                grid = net.backbone.patch_embed.check_img_size(x.shape[-2], x.shape[-1])
-                masks = self.eval_masks(start + len(x), grid[0])[start:]
-                with jt.no_grad():
-                    imgs, mask, out = self.forward(x, masks)
-                    d_sum += float(self.loss.feature(out["feat_base"], out["target"], mask).item()) * len(x)
-                    full = net.backbone.forward_features(imgs)
-                    h = net.aux_head(full["head_input"], full["grid"])
-                    meter.update(base_feats=full["cls"].numpy(), head_feats=h["cls"].numpy())
-                d_n += len(x)
+            for batch in images:
+                x = np.asarray(batch[0] if isinstance(batch, (list, tuple)) else batch)[:max_images - seen]
+                if len(x) == 0:
+                    break
+                d, fb, fh = self.discrepancy_batch(net, x, epoch)
+                meter.add_kl_rows(d)
+                meter.update(base_feats=fb, head_feats=fh)
+                seen += len(x)
                 jt.sync_all()
                 jt.gc()
         finally:
             if was_training:
                 net.train()
-        if d_n == 0:
+        if seen == 0:
             raise ValueError("no images given to measure the discrepancy on")
-        stats = meter.compute()
-        stats["kl"] = d_sum / d_n  # the log's D column ("kl" for the clustering methods)
-        stats["feature_mse"] = stats["kl"]
-        return stats
+        return meter.compute()
 
     def reconstruct(self, x):
         """(input, masked input, reconstruction with the visible patches pasted back) as numpy
