@@ -315,3 +315,38 @@ def test_vit_small_recipe_builds_and_steps():
     opt.backward(parts["loss"])
     opt.step()
     assert np.isfinite(parts["loss"].item()) and not np.allclose(m.student.aux_decoder.pred.weight.numpy(), w)
+
+
+# ----------------------------------------------------------------------------- MPI
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_two_ranks_match_one_process_and_resume(tmp_path, data_root):
+    """2 ranks x 2 images == 1 process x 4 images (the masks come from the per-sample generators),
+    and every rank resumes from rank 0's mid-run checkpoint to the uninterrupted state."""
+    import shutil
+    import sys
+    from test_mpi import MPIRUN, SCRIPTS, assert_ok, load_state, max_diff, mpi_cmd, run, step_losses
+    if MPIRUN is None:
+        pytest.skip("mpirun (OpenMPI) is not installed")
+    extra = TINY_MAE + ["model.drop_path_rate=0", "epochs=2", "log_freq=1", "save_every_iters=1"]
+    single, dual = str(tmp_path / "single"), str(tmp_path / "dual")
+    script = os.path.join(SCRIPTS, "train_run.py")
+    p1, _ = run([sys.executable, script, "--out", single, "--data", data_root, "--max-iters", "3", *extra])
+    assert_ok(p1)
+    p2, _ = run(mpi_cmd("train_run.py", "--out", dual, "--data", data_root, "--max-iters", "3", *extra))
+    assert_ok(p2)
+    l1, l2 = step_losses(single), step_losses(dual)
+    assert sorted(l1) == sorted(l2) == [1, 2, 3]
+    for it in l1:
+        assert abs(l1[it] - l2[it]) < 1e-4, (it, l1[it], l2[it])
+    s1 = load_state(os.path.join(single, "state_rank0.npz"))
+    r0, r1 = (load_state(os.path.join(dual, f"state_rank{r}.npz")) for r in (0, 1))
+    assert not any(k.startswith("teacher.") for k in r0)
+    assert max_diff(r0, r1) < 1e-6 and max_diff(s1, r0) < 1e-4
+    resumed = str(tmp_path / "resumed")
+    os.makedirs(resumed)
+    shutil.copy(os.path.join(dual, "checkpoint_00000002.pkl"), resumed)
+    p3, _ = run(mpi_cmd("train_run.py", "--out", resumed, "--data", data_root, "--max-iters", "1", "--resume", *extra))
+    assert_ok(p3)
+    assert max_diff(load_state(os.path.join(resumed, "state_rank0.npz")), r0) < 1e-5
+    assert abs(step_losses(resumed)[3] - l2[3]) < 1e-5
