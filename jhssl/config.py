@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import yaml
 
 from jhssl.fileio import atomic_write_text
+from jhssl.methods.registry import foreign_keys, method_names
 
 __all__ = [
     "ConfigError", "Config", "F", "SCHEMA", "HEAD_ARCHS", "load_config", "config_from_dict",
@@ -129,9 +130,9 @@ def _triple(v):
 # where the default is a float) or an F(...) for unions, nullables, choices and ranges.
 # A section declared with NULLABLE_SECTIONS may be set to null as a whole (``hssl: null``).
 SCHEMA: dict = {
-    # iBOT|DINO. HSSL wraps either (paper Sec. 4 "we follow its official implementation").
-    # mae: MAE / MAE + HSSL (paper App. D), jhssl/methods/mae.py.
-    "method": F("ibot", choices=("ibot", "dino", "mae")),
+    # A registered method (jhssl.methods.registry): ibot, dino, mocov3, mae. HSSL wraps any of them
+    # (paper Sec. 4 "we follow its official implementation").
+    "method": F("ibot", choices=method_names()),
     "output_dir": "output",
     "epochs": F(100, check=_positive),           # paper App. B: 100 epochs (ViT-S/16)
     "seed": 0,                                     # main_ibot.py default
@@ -213,6 +214,21 @@ SCHEMA: dict = {
         "center_momentum": F(0.9, check=_in_unit_interval),
         "lambda1": F(1.0, check=_non_negative),                  # weight of CLS terms (iBOT)
         "lambda2": F(1.0, check=_non_negative),                  # weight of masked-patch terms (iBOT)
+    },
+
+    # MoCo v3 (method: mocov3). Defaults: the official ViT recipe (facebookresearch/moco-v3, CONFIG.md
+    # ViT-Small: --moco-m-cos --moco-t=.2 --stop-grad-conv1; builder.py: 3-layer projector and 2-layer
+    # predictor, hidden 4096, out 256, BN after every layer (the last one without affine)).
+    "mocov3": {
+        "proj_hidden_dim": F(4096, check=_positive),
+        "proj_dim": F(256, check=_positive),
+        "pred_hidden_dim": F(4096, check=_positive),
+        "temperature": F(0.2, check=_positive),     # paper App. D / official --moco-t .2 (ViT)
+        # Negatives: "batch" (MoCo v3: the other keys of the global batch, gathered over ranks),
+        # "queue" (a FIFO memory bank of past keys, the paper's wording, MoCo v1/v2), or both.
+        "negatives": F("batch", choices=("batch", "queue", "batch+queue")),
+        "queue_size": F(0, check=_non_negative),     # keys in the FIFO; a multiple of batch_size
+        "freeze_patch_embed": True,                  # official --stop-grad-conv1: random patch projection
     },
 
     "data": {
@@ -413,11 +429,42 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.knn_k' must be a non-empty list of positive ints, got {cfg.eval.knn_k}")
     if cfg.hssl is not None and not cfg.hssl.heads:
         raise ConfigError("config key 'hssl.heads' may not be empty (use hssl=null for the baseline)")
-    if cfg.method == "mae" and cfg.data.local_crops_number:
-        raise ConfigError(f"method 'mae' takes one view per image: set data.local_crops_number=0 "
-                          f"(got {cfg.data.local_crops_number})")
     if cfg.resume is not None and cfg.resume.lower() == "none":
         cfg.resume = None
+    if cfg.method == "mocov3":
+        mo = cfg.mocov3
+        if "queue" in mo.negatives:
+            if mo.queue_size <= 0 or mo.queue_size % cfg.batch_size:
+                raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} must be a positive multiple "
+                                  f"of batch_size = {cfg.batch_size} with mocov3.negatives={mo.negatives} (each "
+                                  f"step enqueues whole global batches of keys)")
+        elif mo.queue_size:
+            raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} is set but mocov3.negatives="
+                              f"{mo.negatives} uses no queue: set mocov3.negatives=queue or batch+queue")
+
+
+def _non_default_keys(values: dict, schema: dict, prefix: str = "") -> list:
+    """Dotted keys of ``values`` (a validated section) whose value differs from the schema default."""
+    out = []
+    for k, spec in schema.items():
+        key = f"{prefix}.{k}" if prefix else k
+        v = values.get(k) if values is not None else None
+        if isinstance(spec, dict):
+            if v is not None:
+                out += _non_default_keys(v, spec, key)
+        elif v != _validate_leaf(key, copy.deepcopy(_leaf(spec).default), _leaf(spec)):
+            out.append(key)
+    return out
+
+
+def _check_method_keys(cfg: Config) -> None:
+    """Keys another method owns (jhssl.methods.registry), set for this one: an error naming both."""
+    bad = foreign_keys(cfg.method, _non_default_keys(cfg, SCHEMA))
+    if bad:
+        owners = sorted({o for v in bad.values() for o in v})
+        raise ConfigError(f"config key{'s' if len(bad) > 1 else ''} {', '.join(repr(k) for k in bad)} "
+                          f"{'are' if len(bad) > 1 else 'is'} not read by method '{cfg.method}' (only by "
+                          f"{', '.join(owners)}): remove {'them' if len(bad) > 1 else 'it'}")
 
 
 def _drop_unknown(d: dict, schema: dict, prefix: str, dropped: list) -> dict:
@@ -447,6 +494,7 @@ def config_from_dict(d: dict, strict: bool = True) -> Config:
             import warnings
             warnings.warn(f"ignoring config keys unknown to this version: {', '.join(dropped)}", stacklevel=2)
     cfg = _validate_section("", d, SCHEMA)
+    _check_method_keys(cfg)
     _cross_checks(cfg)
     return cfg
 

@@ -26,7 +26,7 @@ import jittor as jt
 from jhssl import checkpoint as ckpt_lib
 from jhssl import dist
 from jhssl.logging import JsonlLogger, plot_run
-from jhssl.optim import AdamW, clip_gradients, param_groups
+from jhssl.optim import AdamW, clip_gradients
 from jhssl.schedules import cosine_scheduler
 
 
@@ -49,10 +49,6 @@ def _iteration_seed(seed, iteration):
     # Jittor's random state cannot be read back, so it is re-seeded every iteration from
     # (seed, iteration): drop path draws are then identical in a resumed run.
     return (int(seed) * 1000003 + int(iteration) * 7919 + dist.rank() * 104729) % (2 ** 31 - 1)
-
-
-def _last_layer_ids(student):
-    return {id(p) for n, p in student.named_parameters() if "last_layer" in n}
 
 
 def _loss_state(loss):
@@ -104,10 +100,7 @@ def _discrepancy(cfg, method, eval_sets, epoch, log):
     val = eval_sets[1]
     n, bs = min(500, val.total_len), 64
     images = (np.stack([val[i][0] for i in range(s, min(s + bs, n))]) for s in range(0, n, bs))
-    if hasattr(method, "discrepancy"):  # a method with its own D (MAE: see jhssl/methods/mae.py)
-        stats = method.discrepancy(images, epoch=epoch, max_images=500)
-    else:
-        stats = network_discrepancy(method, images, epoch=epoch, max_images=500)
+    stats = network_discrepancy(method, images, epoch=epoch, max_images=500)
     DiscrepancyLog(cfg.output_dir).add(epoch, stats)
     return stats
 
@@ -115,7 +108,7 @@ def _discrepancy(cfg, method, eval_sets, epoch, log):
 def run_knn(cfg, method, log=print, datasets=None):
     """k-NN top-1/top-5 of the teacher's features (``eval.features``: base CLS by default)."""
     from jhssl.knn import evaluate_knn, feature_fn
-    net = method.teacher if cfg.eval.which == "teacher" and method.teacher is not None else method.student
+    net = method.eval_network(cfg.eval.which)
     was_training = net.is_training()
     net.eval()
     try:
@@ -161,15 +154,14 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
         method = build_model(cfg)
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
-    optimizer = AdamW(param_groups(student), lr=0.0, betas=tuple(cfg.optim.betas))
+    optimizer = AdamW(method.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas))
     accum = int(cfg.grad_accum)
     eff_batch = cfg.batch_size * accum
     o = cfg.optim
     lr_sched = cosine_scheduler(o.lr * eff_batch / o.lr_ref_batch, o.min_lr, cfg.epochs, niter,
                                 warmup_epochs=o.warmup_epochs)
     wd_sched = cosine_scheduler(o.weight_decay, o.weight_decay_end, cfg.epochs, niter)
-    mom_sched = cosine_scheduler(o.momentum_teacher, 1.0, cfg.epochs, niter)
-    last_layer = _last_layer_ids(student)
+    mom_sched = method.momentum_schedule(niter)  # None: no EMA teacher
 
     # ---------------- resume
     start_epoch, start_iter, knn_result, ckpt_path = 0, 0, None, None
@@ -235,7 +227,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                 break
             skip = it - epoch * niter  # mid-epoch resume: skip batches already trained on
             dataset.set_epoch(epoch, start_batch=skip)
-            optimizer.frozen = last_layer if epoch < o.freeze_last_layer else set()
+            optimizer.frozen = method.frozen_parameters(epoch)
             t_log, n_img_log = time.time(), 0
             epoch_sums, epoch_count = {}, 0
             for i, (crops, masks, _labels) in enumerate(dataset, start=skip):
@@ -256,7 +248,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     if o.clip_grad:
                         clip_gradients(optimizer, o.clip_grad)
                     optimizer.step()
-                    method.ema_update(mom_sched[it])
+                    if mom_sched is not None:
+                        method.ema_update(mom_sched[it])
                 jt.sync_all()
                 it += 1
                 n_img_log += cfg.batch_size
@@ -269,8 +262,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     dt = time.time() - t_log
                     rec = {"type": "step", "epoch": epoch, "iteration": it, **last_parts,
                            "lr": float(lr_sched[it - 1]), "wd": float(wd_sched[it - 1]),
-                           "momentum": float(mom_sched[it - 1]), "img_per_s": n_img_log / max(dt, 1e-9),
-                           "time": time.time()}
+                           "img_per_s": n_img_log / max(dt, 1e-9), "time": time.time()}
+                    if mom_sched is not None:
+                        rec["momentum"] = float(mom_sched[it - 1])
                     logger.write(rec)
                     for k, v in last_parts.items():
                         epoch_sums[k] = epoch_sums.get(k, 0.0) + v

@@ -95,6 +95,8 @@ def init_mae_weights(module):
 class MAEDecoder(nn.Module):
     """MAE's decoder: tokens (CLS first) -> one prediction of ``out_dim`` per patch.
 
+    ``use_mask_token=False``: a decoder that only ever reads full grids (MAE + HSSL's pixel decoder
+    after the head) has no mask token.
     ``execute(tokens, grid, restore_rows=None)``: ``tokens`` (B, 1 + K, in_dim). With ``restore_rows``
     the K patch tokens are the visible ones and the decoder puts its mask token at the other
     ``N - K`` positions (:func:`unshuffle`); without, they already cover the whole grid (K = N).
@@ -105,11 +107,11 @@ class MAEDecoder(nn.Module):
     ``mask_token``, ``decoder_blocks``, ``decoder_norm``, ``decoder_pred``).
     """
 
-    def __init__(self, in_dim, out_dim, embed_dim=512, depth=8, num_heads=16, mlp_ratio=4.0):
+    def __init__(self, in_dim, out_dim, embed_dim=512, depth=8, num_heads=16, mlp_ratio=4.0, use_mask_token=True):
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.embed = nn.Linear(in_dim, embed_dim)
-        self.mask_token = jt.zeros((1, 1, embed_dim))
+        self.mask_token = jt.zeros((1, 1, embed_dim)) if use_mask_token else None
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
         self.norm = LayerNorm(embed_dim, eps=LN_EPS)
         self.pred = nn.Linear(embed_dim, out_dim)
@@ -120,6 +122,9 @@ class MAEDecoder(nn.Module):
         x = self.embed(tokens)
         patches = x[:, 1:]
         if restore_rows is not None:
+            if self.mask_token is None:
+                raise ValueError("this decoder was built without a mask token (use_mask_token=False): "
+                                 "it reads full grids only")
             patches = unshuffle(patches, self.mask_token, restore_rows, N)
         elif patches.shape[1] != N:
             raise ValueError(f"without restore_rows the decoder needs all {N} patch tokens, got {patches.shape[1]}")

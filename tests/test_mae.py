@@ -12,12 +12,11 @@ import jittor as jt  # noqa: E402
 from jhssl.data.masking import RandomPatchMask
 from jhssl.methods.mae import layer_norm_target, masked_mse, masking_rows, norm_pix_target
 
-TINY_MAE = ["method=mae", "data.local_crops_number=0", "mae.decoder_embed_dim=16", "mae.decoder_depth=1",
-            "mae.decoder_num_heads=2", "optim.betas=[0.9,0.95]"]
+TINY_MAE = ["optim.betas=[0.9,0.95]"]  # with tiny_config's method=mae keys (a 1-block decoder of width 16)
 
 
 def mae_config(out="/tmp/jhssl_unused", data_root=None, extra=(), hssl=True):
-    return tiny_config(out, data_root, TINY_MAE + ([] if hssl else ["hssl=null"]) + list(extra))
+    return tiny_config(out, data_root, TINY_MAE + ([] if hssl else ["hssl=null"]) + list(extra), method="mae")
 
 
 def batch_masks(n, crop=16, patch=4, ratio=0.75, seed=0):
@@ -158,6 +157,7 @@ def test_hssl_gradients_reach_both_decoders_and_the_head_but_not_the_target():
         vals = [v for n, v in g.items() if n.startswith(prefix)]
         assert vals and max(vals) > 0, prefix
     assert "backbone.pos_embed" not in g  # fixed sin-cos, never trained
+    assert min(g.values()) > 0, [n for n, v in g.items() if v == 0]  # every trained parameter
     # the representation target is a stop-gradient: the feature loss reaches neither the head nor
     # its pixel decoder, only the base encoder and its decoder
     gf = _grads(m, parts["feat_base"])
@@ -186,8 +186,8 @@ def test_baseline_is_plain_mae():
 
 def test_config_errors_name_the_key():
     from jhssl.config import ConfigError
-    with pytest.raises(ConfigError, match="local_crops_number"):
-        tiny_config(extra=["method=mae"])  # the tiny config has one local crop
+    with pytest.raises(ConfigError, match=r"data.local_crops_number.*'mae'"):
+        mae_config(extra=["data.local_crops_number=2"])  # MAE takes one view, no multi-crop
     with pytest.raises(ConfigError, match="mae.mask_ratio"):
         mae_config(extra=["mae.mask_ratio=1.0"])
     with pytest.raises(ConfigError, match="mae.decoder_widht"):
@@ -289,8 +289,7 @@ def test_recipes_follow_mae_and_the_baseline_is_a_twin():
     for c in (hssl, demo):
         assert c.method == "mae" and c.hssl.heads == ["convnext"] and c.hssl.depth == 3
         assert (c.mae.mask_ratio, c.mae.norm_pix_loss, c.optim.betas) == (0.75, True, [0.9, 0.95])
-        assert (c.optim.weight_decay, c.optim.weight_decay_end, c.optim.clip_grad, c.data.local_crops_number) == \
-            (0.05, 0.05, 0.0, 0)
+        assert (c.optim.weight_decay, c.optim.weight_decay_end, c.optim.clip_grad) == (0.05, 0.05, 0.0)
     assert (hssl.epochs, hssl.batch_size, hssl.optim.lr, hssl.optim.warmup_epochs, hssl.optim.min_lr) == \
         (400, 4096, 1.5e-4, 40, 0.0)
     assert (hssl.mae.decoder_embed_dim, hssl.mae.decoder_depth, hssl.mae.decoder_num_heads) == (384, 8, 12)
@@ -328,7 +327,7 @@ def test_two_ranks_match_one_process_and_resume(tmp_path, data_root):
     from test_mpi import MPIRUN, SCRIPTS, assert_ok, load_state, max_diff, mpi_cmd, run, step_losses
     if MPIRUN is None:
         pytest.skip("mpirun (OpenMPI) is not installed")
-    extra = TINY_MAE + ["model.drop_path_rate=0", "epochs=2", "log_freq=1", "save_every_iters=1"]
+    extra = ["--method", "mae"] + TINY_MAE + ["model.drop_path_rate=0", "epochs=2", "log_freq=1", "save_every_iters=1"]
     single, dual = str(tmp_path / "single"), str(tmp_path / "dual")
     script = os.path.join(SCRIPTS, "train_run.py")
     p1, _ = run([sys.executable, script, "--out", single, "--data", data_root, "--max-iters", "3", *extra])

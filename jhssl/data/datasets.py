@@ -247,16 +247,23 @@ def build_source(dataset: str, path: str | None, split: str = "train", subset: f
 
 
 def build_pretrain_dataset(cfg) -> PretrainDataset:
-    """The multi-crop (+ masks for iBOT) dataset with loader attributes set from ``cfg``:
+    """The views (and masks) ``cfg.method`` declares, with loader attributes set from ``cfg``:
     global ``batch_size``, ``num_workers``, ``drop_last=True`` and an :class:`EpochSampler`."""
+    from jhssl.methods.registry import method_spec
     d = cfg.data
+    views = method_spec(cfg.method).views  # what the method takes: views, local crops, masks
+    n_local = d.local_crops_number if views.local_crops else 0
     src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed)
-    if cfg.method == "mae":  # one view, MAE's random patch mask (drawn per sample: MPI/resume exact)
+    if views.augment == "crop_flip":  # MAE: one crop + flip, no colour augmentation
         transform = CropFlipAugmentation.from_config(d)
+    else:
+        transform = MultiCropAugmentation.from_config(d, n_global=views.n_global, local_crops_number=n_local)
+    if views.masks == "block":
+        masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size)
+    elif views.masks == "random":  # MAE's per-image shuffle, drawn per sample: MPI/resume exact
         masks = RandomPatchMask(cfg.model.patch_size, cfg.mae.mask_ratio)
     else:
-        transform = MultiCropAugmentation.from_config(d)
-        masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size) if cfg.method == "ibot" else None
+        masks = None
     ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
     if len(src) < cfg.batch_size:
         raise ValueError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
@@ -265,7 +272,7 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     # to hold about two batches of this rank, which bounds wasted look-ahead work on small CPUs
     # and still fits large ImageNet batches (one such batch may exceed the 512 MB default).
     per_rank = -(-cfg.batch_size // (jt.world_size if jt.in_mpi else 1))
-    sample_bytes = 4 * 3 * (2 * d.global_crop_size ** 2 + d.local_crops_number * d.local_crop_size ** 2) \
+    sample_bytes = 4 * 3 * (views.n_global * d.global_crop_size ** 2 + n_local * d.local_crop_size ** 2) \
         + 2 * (d.global_crop_size // cfg.model.patch_size) ** 2 + 64
     buffer_size = max(32 << 20, int(2.2 * per_rank * sample_bytes) + (16 << 20))
     ds.set_attrs(batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True, buffer_size=buffer_size)

@@ -48,7 +48,7 @@ The three choices the paper leaves open:
     loss with it (data2vec normalises its targets per token the same way; MAE's norm_pix_loss is
     that normalisation on pixels; MaskFeat's HOG targets are likewise locally normalised).
 
-The discrepancy D logged per epoch (``discrepancy``): the feature-reconstruction loss itself on
+The discrepancy D logged per epoch (``discrepancy_batch``): the feature-reconstruction loss itself on
 held-out images (fixed masks), i.e. the mean squared distance between what the base predicts for the
 masked patches and the head's normalised representation of them. It is the counterpart of Eq. 5's
 KL between base and head outputs in this method's own loss space; linear CKA and Procrustes between
@@ -57,7 +57,9 @@ the base's CLS feature and the head's pooled feature are logged beside it, as fo
 MFF (zh version, Table 9: the decoder reads a learned fusion of several encoder layers) is not
 implemented: it is a separate paper's change to MAE's encoder-decoder interface, not part of HSSL.
 
-Checkpoints hold the student network only (``teacher: None``): ``backbone.*``, ``decoder.*`` and,
+Declared in :mod:`jhssl.methods.registry`: one view (crop + flip), loader-drawn random masks, no EMA
+teacher, the ``mae`` config section. Loss parts: ``pix_base`` (baseline) or ``pix_head`` and
+``feat_base`` (HSSL). Checkpoints hold the student network only (``teacher: None``): ``backbone.*``, ``decoder.*`` and,
 with HSSL, ``aux_head.*``, ``aux_mask_token``, ``aux_decoder.*``. Nothing but the parameters is
 synchronised across ranks (the masks come from the data).
 """
@@ -67,8 +69,10 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
+from .base import Method
+
 __all__ = ["MAE", "MAENetwork", "MAELoss", "masking_rows", "norm_pix_target", "masked_mse", "layer_norm_target",
-           "build_mae"]
+           "build"]
 
 NORM_PIX_EPS = 1e-6   # MAE forward_loss: (target - mean) / (var + 1e-6) ** 0.5
 TARGET_LN_EPS = 1e-6
@@ -172,7 +176,8 @@ class MAENetwork(nn.Module):
         else:
             self.decoder = MAEDecoder(dim, aux_head.out_dim, **decoder_kw)
             self.aux_mask_token = jt.init.gauss((1, 1, dim), "float32", 0.0, 0.02)
-            self.aux_decoder = MAEDecoder(aux_head.out_dim, pix_dim, **decoder_kw)
+            # the head's output covers the whole grid: its decoder needs no mask token
+            self.aux_decoder = MAEDecoder(aux_head.out_dim, pix_dim, use_mask_token=False, **decoder_kw)
 
     def head_grid(self, visible_tokens, restore_rows, mask, grid):
         """(1): visible (B, K, C) tokens on the full grid, masked positions = mask token + position."""
@@ -204,17 +209,14 @@ class MAENetwork(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the method
-class MAE:
-    """MAE / MAE + HSSL behind the trainer's method protocol (``compute_loss``, ``ema_update``...)."""
+class MAE(Method):
+    """MAE / MAE + HSSL: no teacher (``momentum_schedule`` is None), one view, loader masks."""
 
-    has_teacher = False
+    name = "mae"
 
     def __init__(self, cfg, student, loss):
-        self.cfg = cfg
-        self.method = "mae"
-        self.student, self.teacher, self.loss = student, None, loss
+        super().__init__(cfg, student, None, loss)
         self.hssl = student.aux_head is not None
-        self.per_epoch_discrepancy = self.hssl
 
     # -- loss ------------------------------------------------------------------------------------
     def forward(self, imgs, mask, net=None):
@@ -244,13 +246,6 @@ class MAE:
         imgs, mask, out = self.forward(crops[0], masks[0])
         return self.loss_terms(imgs, mask, out)
 
-    # -- no teacher ------------------------------------------------------------------------------
-    def copy_student_to_teacher(self):
-        pass
-
-    def ema_update(self, momentum):
-        pass
-
     # -- evaluation ------------------------------------------------------------------------------
     def eval_masks(self, n, grid_hw, seed=0):
         """Fixed masks for held-out images (the same every epoch)."""
@@ -261,45 +256,18 @@ class MAE:
 
     def discrepancy_batch(self, net, x, epoch=None):
         """Per-image D of one batch (fixed masks), and the base's CLS / the head's pooled features:
-        ``(d_rows (B,), base_feats (B, C), head_feats (B, C_head))`` numpy arrays."""
+        ``(d_rows (B,), base_feats (B, C), head_feats (B, C_head))`` numpy arrays. D is logged in
+        the ``kl`` column, where the clustering methods log Eq. 5's KL."""
         if net.aux_head is None:
             raise ValueError("discrepancy needs an auxiliary head: this network has none (hssl: null?)")
-        x = np.asarray(x, dtype=np.float32)
         grid = net.backbone.patch_embed.check_img_size(x.shape[-2], x.shape[-1])
         with jt.no_grad():
-            imgs, mask, out = self.forward(x, self.eval_masks(len(x), grid[0]), net=net)
+            imgs, mask, out = self.forward(x, self.eval_masks(int(x.shape[0]), grid[0]), net=net)
             per_patch = ((out["feat_base"] - out["target"]) ** 2).mean(dim=-1)
             d = (per_patch * mask).sum(dim=1) / mask.sum(dim=1)
             full = net.backbone.forward_features(imgs)
             h = net.aux_head(full["head_input"], full["grid"])
             return d.numpy(), full["cls"].numpy(), h["cls"].numpy()
-
-    def discrepancy(self, images, epoch=None, max_images=500):
-        """D (the module docstring), linear CKA and Procrustes over up to ``max_images`` images;
-        D is logged under ``kl``, the column the clustering methods' Eq. 5 D uses."""
-        from jhssl.metrics import DiscrepancyMeter
-        net = self.student
-        meter = DiscrepancyMeter(max_feature_samples=max_images)
-        seen = 0
-        was_training = net.is_training()
-        net.eval()
-        try:
-            for batch in images:
-                x = np.asarray(batch[0] if isinstance(batch, (list, tuple)) else batch)[:max_images - seen]
-                if len(x) == 0:
-                    break
-                d, fb, fh = self.discrepancy_batch(net, x, epoch)
-                meter.add_kl_rows(d)
-                meter.update(base_feats=fb, head_feats=fh)
-                seen += len(x)
-                jt.sync_all()
-                jt.gc()
-        finally:
-            if was_training:
-                net.train()
-        if seen == 0:
-            raise ValueError("no images given to measure the discrepancy on")
-        return meter.compute()
 
     def reconstruct(self, x):
         """(input, masked input, reconstruction with the visible patches pasted back) as numpy
@@ -354,28 +322,26 @@ class MAE:
         return path
 
 
-def build_mae(cfg):
+def build(cfg):
     """MAE (``hssl: null``) or MAE + HSSL from ``cfg``; ``mae.init_from`` loads a (converted) encoder."""
-    from models.heads import build_aux_head
-    from .selfdistill import build_base_model
-    a, h = cfg.mae, cfg.hssl
+    from .selfdistill import build_aux_head_for, build_base_model
+    a = cfg.mae
     backbone = build_base_model(cfg, use_mask_token=False)
     if not hasattr(backbone, "forward_visible"):
         raise ValueError(f"method: mae needs a ViT base model (model.arch), got {cfg.model.arch!r}")
-    aux = None
-    if h is not None:
-        aux_drop = h.drop_path_rate if h.drop_path_rate is not None else cfg.model.drop_path_rate
-        aux = build_aux_head(list(h.heads), backbone.num_features, depth=h.depth,
-                             first_shortcut=h.first_shortcut, drop_path=aux_drop,
-                             **({"max_grid": backbone.patch_embed.grid_size[0]} if "resmlp" in h.heads else {}))
+    aux = build_aux_head_for(cfg, backbone, teacher=False)
     decoder_kw = dict(embed_dim=a.decoder_embed_dim, depth=a.decoder_depth, num_heads=a.decoder_num_heads)
     student = MAENetwork(backbone, cfg.model.patch_size, decoder_kw, aux)
     if a.init_from:
         from jhssl import zoo
         report = zoo.load_into(backbone, a.init_from, arch=cfg.model.arch, verbose=False)
+        backbone.pos_embed.stop_grad()  # stays fixed (MAE's released table is the same sin-cos one)
         fresh = ["decoder"] + (["aux_head", "aux_mask_token", "aux_decoder"] if aux is not None else [])
         print(f"mae.init_from={a.init_from}: base encoder loaded ({len(report.loaded)} tensors"
               + (f", dropped {len(report.dropped)}: {', '.join(sorted(set(report.dropped.values())))}"
                  if report.dropped else "")
               + f"); starting fresh: {', '.join(fresh)}")
     return MAE(cfg, student, MAELoss(cfg.model.patch_size, a.norm_pix_loss))
+
+
+build_mae = build
