@@ -1,22 +1,135 @@
-"""What every benchmark records beside its numbers: the machine it ran on."""
+"""What every benchmark records beside its numbers: the machine it ran on.
+
+Two hosts sold under the same CPU label ("AMD EPYC, 2 cores") have shown a 2x difference in
+GEMM speed, so a label is not enough to compare figures: we record the CPU's vendor, family,
+model and flags, the widest vector ISA it offers, the ISA oneDNN (Jittor's GEMM/conv library)
+actually dispatches, and torch's BLAS backend and CPU capability. The two library probes run in
+subprocesses, so importing this module (benchmark workers do) never loads Jittor or torch.
+"""
+import functools
 import os
 import platform
 import re
+import subprocess
+import sys
+
+# Widest first: the first ISA whose flag the CPU reports is its widest vector ISA.
+_ISA_FLAGS = (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4.2", "sse4_2"))
+
+# One oneDNN primitive (a convolution) makes oneDNN print its "isa:" info line under DNNL_VERBOSE;
+# Jittor's GEMM goes through dnnl_sgemm, which prints nothing.
+_ONEDNN_PROBE = """
+import jhssl  # noqa: F401  (Jittor's environment first)
+import jittor as jt
+from jittor import nn
+nn.Conv2d(4, 4, 3)(jt.randn(1, 4, 8, 8)).sync()
+"""
+
+_TORCH_PROBE = """
+import torch
+cfg = torch.__config__.show()
+blas = [p.split("=", 1)[1] for line in cfg.splitlines() for p in line.replace(",", " ").split() if p.startswith("BLAS_INFO=")]
+print("blas=" + (blas[0] if blas else "unknown"))
+print("capability=" + str(torch.backends.cpu.get_cpu_capability()))
+print("version=" + torch.__version__)
+"""
 
 
-def machine_info() -> dict:
-    """CPU model, cores, a file-name slug, Python and platform (no Jittor import: workers stay light)."""
-    model = platform.processor() or platform.machine() or "cpu"
+def cpu_facts(cpuinfo_text=None) -> dict:
+    """Vendor, family, model, model name, flags summary of the first CPU in /proc/cpuinfo."""
+    if cpuinfo_text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo_text = f.read()
+        except OSError:
+            cpuinfo_text = ""
+    first = {}
+    for line in cpuinfo_text.splitlines():
+        if not line.strip():
+            if first:
+                break
+            continue
+        if ":" in line:
+            k, v = line.split(":", 1)
+            first.setdefault(k.strip(), v.strip())
+    flags = set(first.get("flags", "").split())
+    widest = next((name for name, flag in _ISA_FLAGS if flag in flags), "unknown" if not flags else "sse")
+    return {
+        "cpu": first.get("model name") or platform.processor() or platform.machine() or "cpu",
+        "cpu_vendor": first.get("vendor_id", "unknown"),
+        "cpu_family": first.get("cpu family", "unknown"),
+        "cpu_model": first.get("model", "unknown"),
+        "isa_widest": widest,
+        "avx512": "avx512f" in flags,
+        "avx512_extensions": sorted(f for f in flags if f.startswith("avx512")),
+    }
+
+
+def parse_onednn_isa(verbose_output: str):
+    """The ISA from oneDNN's ``dnnl_verbose,info,cpu,isa:...`` line (None when absent)."""
+    m = re.search(r"(?:dnnl|onednn)_verbose,info,cpu,isa:([^\n]+)", verbose_output)
+    return m.group(1).strip() if m else None
+
+
+def _run_probe(code: str, env_extra=None, timeout=300):
+    env = dict(os.environ, **(env_extra or {}))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(e)
+    return r.stdout + r.stderr, None if r.returncode == 0 else f"exit {r.returncode}"
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_isa() -> str:
+    """The ISA oneDNN dispatches in this process's Jittor build (a subprocess probe)."""
+    out, err = _run_probe(_ONEDNN_PROBE, {"DNNL_VERBOSE": "1", "ONEDNN_VERBOSE": "1"})
+    if out is None:
+        return f"unknown ({err})"
+    isa = parse_onednn_isa(out)
+    return isa or f"unknown ({err or 'no dnnl_verbose isa line'})"
+
+
+@functools.lru_cache(maxsize=1)
+def torch_blas() -> dict:
+    """torch's BLAS backend, CPU capability and version, or ``{"torch": "not installed"}``."""
+    out, err = _run_probe(_TORCH_PROBE, timeout=120)
+    if out is None or err:
+        return {"torch": "not installed" if out and "No module named 'torch'" in out else f"unknown ({err})"}
+    vals = dict(line.split("=", 1) for line in out.splitlines() if "=" in line and line.split("=", 1)[0] in
+                ("blas", "capability", "version"))
+    return {"torch": vals.get("version", "unknown"), "torch_blas": vals.get("blas", "unknown"),
+            "torch_cpu_capability": vals.get("capability", "unknown")}
+
+
+def machine_info(probe_libraries: bool = True) -> dict:
+    """CPU facts, cores, a file-name slug, Python, platform, load; with ``probe_libraries`` also the
+    ISA oneDNN dispatches and torch's BLAS (each probed once per process, in a subprocess)."""
+    facts = cpu_facts()
     cores = os.cpu_count() or 1
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
-    return {"cpu": model, "cores": cores, "slug": f"{slug}-{cores}c", "python": platform.python_version(),
+    slug = re.sub(r"[^a-z0-9]+", "-", facts["cpu"].lower()).strip("-")
+    info = {**facts, "cores": cores, "slug": f"{slug}-{cores}c", "python": platform.python_version(),
             "platform": platform.platform(), "hostname": platform.node(),
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    if probe_libraries:
+        info["onednn_isa"] = onednn_isa()
+        info.update(torch_blas())
+    return info
+
+
+def machine_line(info: dict) -> str:
+    """One line for a results file: what decides a CPU figure."""
+    s = (f"{info['cpu']} ({info['cpu_vendor']} family {info['cpu_family']} model {info['cpu_model']}), "
+         f"{info['cores']} cores, widest ISA {info['isa_widest']}")
+    if "onednn_isa" in info:
+        s += f"; oneDNN dispatches: {info['onednn_isa']}"
+    if info.get("torch_blas"):
+        s += f"; torch {info['torch']} BLAS {info['torch_blas']} ({info['torch_cpu_capability']})"
+    return s
+
+
+if __name__ == "__main__":
+    info = machine_info()
+    print(machine_line(info))

@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, machine_line  # noqa: E402
 from jhssl.fileio import atomic_write_text  # noqa: E402
 
 SIX_HEADS = ["convnext", "resnet", "resmlp", "poolformer", "vit", "swin"]
@@ -486,6 +486,7 @@ def summarize(results, meta):
             _ratio(flops / torch_hssl_t / 1e9 if flops and torch_hssl_t else None, gemm_peak), "", ""),
     }
     md = [f"# Benchmarks {meta['date']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores)", "",
+          f"Machine: {machine_line(meta['machine'])}.", "",
           f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
           f"Mode: {'quick' if meta['quick'] else 'full'}; SSL setting: {meta['ssl_setting']}  ",
           f"Times are medians after warm-up, best of {meta['rounds']} round(s). fp32. "
