@@ -218,6 +218,11 @@ def test_mid_epoch_resume_is_exact_and_export_drops_decoders(data_root, tmp_path
     for k, v in state["student"].items():
         np.testing.assert_allclose(v, ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
+    from jhssl.knn import load_eval_network
+    net, _ = load_eval_network(state, which="teacher")  # no teacher: k-NN reads the student
+    np.testing.assert_array_equal(net.backbone.blocks[0].attn.qkv.weight.numpy(),
+                                  state["student"]["backbone.blocks.0.attn.qkv.weight"])
+
     from jhssl.export import extract_base
     from jhssl.convert import ConversionReport
     report = ConversionReport()
