@@ -2,7 +2,7 @@
 
 Writes a markdown table (default ``docs/model_table.md``). Base models are built with their default
 configuration (``num_classes=0``, no mask token) and compared with timm's count from
-``../shared/reference/timm-state-dicts/<name>.json`` where such a file exists. Heads are counted at
+``jhssl/reference/timm/<name>.json`` (shipped with the package) where such a file exists. Heads are counted at
 the widths of the bases they follow in the paper (ViT-S 384, ViT-B / Swin-T 768, ResNet-50 2048) with
 the default depth 3.
 
@@ -77,7 +77,8 @@ def main():
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(here, "docs", "model_table.md"))
-    ap.add_argument("--ref-dir", default=os.path.join(here, "..", "shared", "reference", "timm-state-dicts"))
+    from jhssl.timm_reference import reference_dir
+    ap.add_argument("--ref-dir", default=reference_dir())
     args = ap.parse_args()
     text, mismatches = build_table(args.ref_dir)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -40,8 +40,9 @@ if ROOT not in sys.path:
 
 from benchmarks.common import machine_info, machine_line  # noqa: E402
 from jhssl.fileio import atomic_write_text  # noqa: E402
+from models.head_archs import HEAD_ARCHS  # noqa: E402
 
-SIX_HEADS = ["convnext", "resnet", "resmlp", "poolformer", "vit", "swin"]
+SIX_HEADS = list(HEAD_ARCHS)
 
 
 # ============================================================================ worker side

@@ -84,19 +84,20 @@ def table3_row(name: str, stats: Dict[str, float]) -> str:
 
 # ----------------------------------------------------------------------------- from checkpoints
 def correctness_from_checkpoints(baseline_ckpt: str, hssl_ckpt: str, config: Optional[str] = None,
-                                 overrides=None, k: Optional[int] = None, log=print):
+                                 overrides=None, k: Optional[int] = None, log=print, trusted: bool = False):
     """(B1, B2, H, head names): k-NN correctness on the labelled evaluation set of
     the baseline's teacher base, the HSSL run's teacher base and its teacher auxiliary head.
 
     The evaluation data (``eval.*``/``data.*``) come from ``config`` (+ ``overrides``) when given,
     else from the HSSL checkpoint's own config (+ ``overrides``). Features: base = normed CLS; head = the head's
-    pooled, normed output (``jhssl.knn.feature_fn``).
+    pooled, normed output (``jhssl.knn.feature_fn``). Checkpoints are read through the allow-list
+    loader (``trusted=True``: ``--trust-pickle``).
     """
     from jhssl.config import load_config
     from jhssl.data import build_eval_datasets
     from jhssl.knn import extract_features, feature_fn, knn_predict, load_eval_network
-    net_b, cfg_b = load_eval_network(baseline_ckpt, "teacher")
-    net_h, cfg_h = load_eval_network(hssl_ckpt, "teacher")
+    net_b, cfg_b = load_eval_network(baseline_ckpt, "teacher", trusted=trusted)
+    net_h, cfg_h = load_eval_network(hssl_ckpt, "teacher", trusted=trusted)
     if cfg_h.hssl is None:
         raise ValueError(f"{hssl_ckpt} was trained without an auxiliary head (hssl: null): "
                          "pass the HSSL run's checkpoint as --hssl-ckpt")

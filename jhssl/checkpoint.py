@@ -19,7 +19,10 @@ import re
 import numpy as np
 import jittor as jt
 
+from jhssl.conversion_report import ConversionReport
+from jhssl.errors import ArchMismatchError, StrictLoadError
 from jhssl.fileio import atomic_output
+from jhssl import weights_io
 
 _ROLLING = re.compile(r"^checkpoint_(\d{8})\.pkl$")
 
@@ -32,28 +35,31 @@ def to_numpy_state(module):
     return out
 
 
-def load_state_dict_strict(module, state, strict=True, what="model"):
-    """Load ``state`` into ``module``; with ``strict`` any missing or unexpected key, or a shape
-    mismatch, is an error naming the first offender (and both shapes). Jittor's own
-    ``load_state_dict`` only logs such problems."""
+def load_state_dict_strict(module, state, strict=True, what="model", optional=()):
+    """Load ``state`` ({name: array}) into ``module``: the one strict state-dict loader.
+
+    Everything is checked before anything is assigned: with ``strict`` a missing key (unless in
+    ``optional``) or an unexpected one raises :class:`StrictLoadError` naming the first offender;
+    any shape mismatch raises :class:`ArchMismatchError` with both shapes (Jittor's own
+    ``load_state_dict`` only logs such problems). Values are assigned in place, cast to each
+    Var's dtype, so Vars keep their identity (the optimizer and the EMA hold references) and
+    their stop-grad flags. Returns a :class:`ConversionReport` (loaded / missing / unexpected).
+    """
     own = module.state_dict()
-    if strict:
-        missing = [k for k in own if k not in state]
-        if missing:
-            raise KeyError(f"{what}: key '{missing[0]}' is missing from the checkpoint "
-                           f"({len(missing)} missing in all)")
-        unexpected = [k for k in state if k not in own]
-        if unexpected:
-            raise KeyError(f"{what}: unexpected key '{unexpected[0]}' in the checkpoint "
-                           f"({len(unexpected)} unexpected in all)")
+    optional = set(optional)
+    report = ConversionReport()
+    report.missing = [k for k in own if k not in state and k not in optional]
+    report.unexpected = [k for k in state if k not in own]
+    if strict and report.missing:
+        raise StrictLoadError(f"{what}: key '{report.missing[0]}' is missing from the checkpoint "
+                              f"({len(report.missing)} missing in all)")
+    if strict and report.unexpected:
+        raise StrictLoadError(f"{what}: unexpected key '{report.unexpected[0]}' in the checkpoint "
+                              f"({len(report.unexpected)} unexpected in all)")
     for k, v in state.items():
-        if k not in own:
-            continue
-        shape = tuple(v.shape)
-        if tuple(own[k].shape) != shape:
-            raise ValueError(f"{what}: shape mismatch for '{k}': checkpoint {shape}, model {tuple(own[k].shape)}")
-    # assign in place so Vars keep their identity (optimizer and EMA hold references) and
-    # their stop-grad flags
+        if k in own and tuple(np.shape(v)) != tuple(own[k].shape):
+            raise ArchMismatchError(f"{what}: shape mismatch for '{k}': checkpoint {tuple(np.shape(v))}, "
+                                    f"model {tuple(own[k].shape)}")
     for k, var in own.items():
         if k in state:
             arr = state[k]
@@ -63,6 +69,8 @@ def load_state_dict_strict(module, state, strict=True, what="model"):
             var.update(jt.array(arr).cast(var.dtype))
             if was_stop:
                 var.stop_grad()
+    report.loaded = [k for k in own if k in state]
+    return report
 
 
 def rng_state():
@@ -81,12 +89,15 @@ def atomic_save(obj, path):
         jt.save(obj, tmp)
 
 
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = jt.load(path)
+def load_checkpoint(path, trusted=False):
+    """Read a training checkpoint through the allow-list loader (:func:`jhssl.weights_io.load_checkpoint`).
+
+    jhssl's own checkpoints hold only numpy arrays, containers and numbers, so they load without
+    ``trusted``; anything else pickled is refused unless ``trusted=True`` (``--trust-pickle``).
+    """
+    ckpt = weights_io.load_checkpoint(path, trusted=trusted)
     if not isinstance(ckpt, dict) or "student" not in ckpt:
-        raise ValueError(f"{path} is not a jhssl training checkpoint (no 'student' entry)")
+        raise weights_io.CorruptFileError(f"{path} is not a jhssl training checkpoint (no 'student' entry)")
     return ckpt
 
 

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import yaml
 
 from jhssl.fileio import atomic_write_text
+from jhssl.errors import UserError
 from jhssl.methods.registry import foreign_keys, method_names
 
 __all__ = [
@@ -34,11 +35,10 @@ __all__ = [
     "parse_overrides", "apply_overrides", "dump_yaml", "default_config",
 ]
 
-# Mirrors models.heads.HEAD_ARCHS (kept here so parsing a config never imports jittor).
-HEAD_ARCHS = ("convnext", "resnet", "resmlp", "poolformer", "vit", "swin")
+from models.head_archs import HEAD_ARCHS  # noqa: E402  (a jittor-free leaf: parsing a config never imports jittor)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem found before any compute (unknown key, wrong type, bad value)."""
 
 

@@ -6,37 +6,37 @@ stores Linear/Conv/LayerNorm weights in the same layout as PyTorch, so convertin
 between codebases, dropping parts that are not in the target (classifier/projection heads, MAE's
 decoder, non-persistent buffers) and resizing position tables when the resolution differs.
 
-Everything here works on ``{name: numpy array}`` dicts and needs neither torch nor jittor; the
-functions that take a model only read its ``state_dict()``.
+This module finds a state dict inside a checkpoint and fits it to a target ({key: shape}); the
+other jobs live beside it: :mod:`jhssl.conversion_report` (what a conversion did),
+:mod:`jhssl.resize` (position tables at another resolution), :mod:`jhssl.authors` (the authors'
+HSSL layout), :mod:`jhssl.timm_reference` (timm's key lists, shipped with the package),
+:mod:`jhssl.weights_io` (reading and writing files) and :func:`jhssl.checkpoint.load_state_dict_strict`
+(strict loading into a module). Their names stay importable from here.
 
 Entry points:
 
 * :func:`convert_state_dict` -- any supported checkpoint object -> weights for a target key/shape set,
   with a :class:`ConversionReport` (loaded / missing / unexpected / dropped / resized keys);
-* :func:`convert_file` -- the same for a file, writing the result (``run/convert.py``);
-* :func:`authors_to_ours` -- a checkpoint of the authors' Jittor code (NK-JittorCV/Self-Supervised,
-  ``main_hssl.py``) -> our ``backbone.* / aux_head.*`` naming;
-* :func:`load_state_dict_checked` -- strict loading into a Jittor module.
+* :func:`convert_file` -- the same for a file, writing the result (``run/convert.py``).
 
-Pickled checkpoints can run code when they are loaded: load only files you trust (see
-:mod:`jhssl.weights_io`; untrusted globals are refused unless ``trusted=True``).
+Everything here works on ``{name: numpy array}`` dicts and needs neither torch nor jittor (only
+:func:`build_target` builds models). Pickled checkpoints can run code when they are loaded: files
+are read through the allow-list loader (:mod:`jhssl.weights_io`; ``trusted=True`` to bypass).
 """
-import json
 import os
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
 from . import weights_io
-
-REFERENCE_DIR_CANDIDATES = (
-    os.environ.get("JHSSL_TIMM_REFERENCE", ""),
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
-                 "timm-state-dicts"),
-    "/work/shared/reference/timm-state-dicts",
-)
+from .authors import authors_to_ours, is_authors_format  # noqa: F401  (re-exported)
+from .conversion_report import ConversionReport  # noqa: F401  (re-exported)
+from .errors import ArchMismatchError, StrictLoadError, TorchMissingError  # noqa: F401  (re-exported)
+from .resize import resize_bicubic, resize_pos_embed, resize_rel_pos_table  # noqa: F401  (re-exported)
+from .timm_reference import reference_dir, timm_reference, timm_reference_name  # noqa: F401  (re-exported)
+from .weights_io import output_kind, write_weights  # noqa: F401  (re-exported)
 
 # Wrappers found in released checkpoints, in the order we unwrap them when no key is asked for:
 # DINO/iBOT full checkpoints ('teacher', 'student'), MAE/DeiT ('model'), mmseg/iBOT backbones ('state_dict').
@@ -52,126 +52,6 @@ HEAD_PATTERNS = (
 )
 # Non-persistent buffers that older Swin/ViT implementations saved; they are recomputed from the config.
 BUFFER_PATTERNS = (r".*relative_position_index", r".*attn_mask", r".*relative_coords_table")
-
-
-class ArchMismatchError(ValueError):
-    """The checkpoint holds another architecture (a tensor of the wrong shape)."""
-
-
-class StrictLoadError(ValueError):
-    """Missing or unexpected keys under strict loading."""
-
-
-class ConversionReport:
-    """What a conversion did; ``str()`` gives a human-readable summary."""
-
-    def __init__(self):
-        self.source: List[str] = []          # how the state dict was found ("['teacher']", "stripped 'backbone.'")
-        self.loaded: List[str] = []
-        self.missing: List[str] = []
-        self.unexpected: List[str] = []
-        self.dropped: Dict[str, str] = OrderedDict()   # key -> reason
-        self.renamed: Dict[str, str] = OrderedDict()   # source key -> target key
-        self.resized: Dict[str, Tuple[tuple, tuple]] = OrderedDict()
-
-    @property
-    def clean(self) -> bool:
-        return not self.missing and not self.unexpected
-
-    def check_strict(self, what: str = "checkpoint") -> None:
-        if not self.clean:
-            raise StrictLoadError(f"{what}: strict loading failed\n{self}")
-
-    def __str__(self) -> str:
-        lines = []
-        if self.source:
-            lines.append("source: " + ", ".join(self.source))
-        lines.append(f"loaded: {len(self.loaded)} tensors")
-        if self.renamed:
-            lines.append(f"renamed: {len(self.renamed)} (e.g. " + ", ".join(
-                f"{a} -> {b}" for a, b in list(self.renamed.items())[:3]) + ")")
-        for k, (a, b) in self.resized.items():
-            lines.append(f"resized: {k} {list(a)} -> {list(b)} (bicubic)")
-        if self.dropped:
-            reasons: Dict[str, List[str]] = OrderedDict()
-            for k, r in self.dropped.items():
-                reasons.setdefault(r, []).append(k)
-            for r, keys in reasons.items():
-                lines.append(f"dropped ({r}): {len(keys)}: " + _short_list(keys))
-        lines.append(f"missing keys: {len(self.missing)}" + (": " + _short_list(self.missing) if self.missing else ""))
-        lines.append(f"unexpected keys: {len(self.unexpected)}"
-                     + (": " + _short_list(self.unexpected) if self.unexpected else ""))
-        return "\n".join(lines)
-
-
-def _short_list(keys: Sequence[str], n: int = 8) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
-
-
-# --------------------------------------------------------------------------------------------------
-# bicubic resampling (same arithmetic as torch.nn.functional.interpolate(mode='bicubic',
-# align_corners=False), which DINO/timm use for position embeddings and Swin bias tables)
-
-
-def _cubic_weights(in_size: int, out_size: int) -> np.ndarray:
-    A = -0.75  # torch's cubic convolution coefficient
-    scale = in_size / out_size
-    W = np.zeros((out_size, in_size), dtype=np.float64)
-    for i in range(out_size):
-        src = (i + 0.5) * scale - 0.5  # no clamping for cubic, as in torch
-        x0 = int(np.floor(src))
-        t = src - x0
-        coeffs = (
-            ((A * (t + 1) - 5 * A) * (t + 1) + 8 * A) * (t + 1) - 4 * A,
-            ((A + 2) * t - (A + 3)) * t * t + 1,
-            ((A + 2) * (1 - t) - (A + 3)) * (1 - t) * (1 - t) + 1,
-            ((A * (2 - t) - 5 * A) * (2 - t) + 8 * A) * (2 - t) - 4 * A,
-        )
-        for k, c in enumerate(coeffs):
-            idx = min(max(x0 - 1 + k, 0), in_size - 1)  # border replication
-            W[i, idx] += c
-    return W
-
-
-def resize_bicubic(x: np.ndarray, out_hw: Tuple[int, int]) -> np.ndarray:
-    """Resize (..., H, W) to (..., h, w) with torch's bicubic (align_corners=False) arithmetic."""
-    H, W = x.shape[-2:]
-    h, w = out_hw
-    if (H, W) == (h, w):
-        return x.copy()
-    Wh, Ww = _cubic_weights(H, h), _cubic_weights(W, w)
-    y = np.einsum("ih,...hw,jw->...ij", Wh, x.astype(np.float64), Ww)
-    return y.astype(x.dtype)
-
-
-def resize_pos_embed(pos: np.ndarray, new_len: int, num_prefix_tokens: int = 1,
-                     new_grid: Optional[Tuple[int, int]] = None) -> np.ndarray:
-    """Resize a (1, prefix + H*W, C) position embedding to (1, new_len, C) (square grids unless given)."""
-    prefix, grid = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
-    n_old = grid.shape[1]
-    s_old = int(round(np.sqrt(n_old)))
-    if s_old * s_old != n_old:
-        raise ArchMismatchError(f"pos_embed with {n_old} patch positions is not a square grid; cannot resize")
-    n_new = new_len - num_prefix_tokens
-    if new_grid is None:
-        s_new = int(round(np.sqrt(n_new)))
-        if s_new * s_new != n_new:
-            raise ArchMismatchError(f"target pos_embed with {n_new} patch positions is not a square grid")
-        new_grid = (s_new, s_new)
-    C = pos.shape[-1]
-    g = grid.reshape(s_old, s_old, C).transpose(2, 0, 1)       # (C, H, W)
-    g = resize_bicubic(g, new_grid).transpose(1, 2, 0).reshape(1, -1, C)
-    return np.concatenate([prefix, g], axis=1)
-
-
-def resize_rel_pos_table(table: np.ndarray, new_len: int) -> np.ndarray:
-    """Resize a Swin ((2W-1)^2, heads) relative-position bias table to (new_len, heads)."""
-    L, heads = table.shape
-    s_old, s_new = int(round(np.sqrt(L))), int(round(np.sqrt(new_len)))
-    if s_old * s_old != L or s_new * s_new != new_len:
-        raise ArchMismatchError(f"relative_position_bias_table lengths {L} -> {new_len} are not square")
-    t = table.T.reshape(heads, s_old, s_old)
-    return resize_bicubic(t, (s_new, s_new)).reshape(heads, new_len).T.copy()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,58 +111,6 @@ def strip_prefixes(sd: Mapping[str, np.ndarray], prefixes: Iterable[str] = STRIP
         out[k] = v
     if report is not None and seen:
         report.source.append("stripped " + ", ".join(repr(p) for p in prefixes if p in seen))
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# the authors' Jittor checkpoints
-
-
-def is_authors_format(sd: Mapping[str, np.ndarray]) -> bool:
-    """The authors' ViT keeps its ConvNext head inside the backbone (conv_blocks, norm2, masked_embed)."""
-    return any(re.match(r"(module\.)?backbone\.(conv_blocks\.|norm2\.|masked_embed$)", k) for k in sd)
-
-
-def authors_to_ours(sd: Mapping[str, np.ndarray], report: Optional[ConversionReport] = None) -> Dict[str, np.ndarray]:
-    """Rename a teacher/student state dict of NK-JittorCV/Self-Supervised ``main_hssl.py`` to ours.
-
-    * ``backbone.conv_blocks.N.{dwconv,norm,pwconv1,pwconv2}.*`` -> ``aux_head.blocks.N.*``
-      (our ConvNext head block has the same sub-module names and layouts: a (C,1,k,k) depthwise conv,
-      a LayerNorm and two Linear layers; the authors' first block has no shortcut, like ours);
-    * ``backbone.norm2.*`` (LayerNorm over the head's tokens) -> ``aux_head.norm.*``;
-    * ``backbone.masked_embed`` (1, C) -> ``backbone.mask_token`` (1, 1, C);
-    * ``backbone.<timm key>`` stays;
-    * the projection heads (their ``HSSLHead``) map onto :class:`jhssl.methods.network.SSLNetwork`:
-      ``head.mlp.*`` (base projection, Linear-GELU-Linear-GELU-Linear: indices 0, 2, 4) stays,
-      ``head.mlp2.*`` (head projection) -> ``aux_proj.mlp.*``, ``head.last_layer.weight_{g,v}``
-      (weight-normed prototypes, g of shape (out, 1), normalised over the input dimension like ours)
-      -> ``last_layer.*``; ``head.last_layer2.*`` is the same module (the authors require a shared
-      head) and is dropped. Targets without projections (base + aux head) drop them as heads.
-    """
-    report = report if report is not None else ConversionReport()
-    out: Dict[str, np.ndarray] = OrderedDict()
-    for k, v in sd.items():
-        key = k[len("module."):] if k.startswith("module.") else k
-        new = key
-        m = re.match(r"backbone\.conv_blocks\.(\d+)\.(.*)", key)
-        if m:
-            new = f"aux_head.blocks.{m.group(1)}.{m.group(2)}"
-        elif key.startswith("backbone.norm2."):
-            new = "aux_head.norm." + key[len("backbone.norm2."):]
-        elif key == "backbone.masked_embed":
-            new = "backbone.mask_token"
-            v = v.reshape(1, 1, -1)
-        elif key.startswith("head.mlp2."):
-            new = "aux_proj.mlp." + key[len("head.mlp2."):]
-        elif key.startswith("head.last_layer."):
-            new = "last_layer." + key[len("head.last_layer."):]
-        elif key.startswith("head.last_layer2."):
-            report.dropped[k] = "shared with head.last_layer"
-            continue
-        if new != k:
-            report.renamed[k] = new
-        out[new] = v
-    report.source.append("authors' HSSL layout (conv_blocks -> aux_head.blocks, norm2 -> aux_head.norm)")
     return out
 
 
@@ -405,43 +233,7 @@ def convert_state_dict(obj: Any, target: Mapping[str, tuple], which: Optional[st
 
 
 # --------------------------------------------------------------------------------------------------
-# architectures and models
-
-
-def timm_reference_name(arch: str, patch_size: Optional[int] = None, img_size: Optional[int] = None,
-                        window_size: Optional[int] = None) -> str:
-    """Our registry name (+ config) -> timm's model name, e.g. ('vit_small', 16) -> 'vit_small_patch16_224'."""
-    if re.search(r"_patch\d+", arch):
-        return arch
-    size = img_size or 224
-    m = re.fullmatch(r"vit_(tiny|small|base|large)", arch)
-    if m:
-        return f"{arch}_patch{patch_size or 16}_{size}"
-    m = re.fullmatch(r"swin_(tiny|small|base|large)", arch)
-    if m:
-        return f"{arch}_patch{patch_size or 4}_window{window_size or 7}_{size}"
-    return arch
-
-
-def reference_dir() -> Optional[str]:
-    """The folder of timm's reference key lists (``$JHSSL_TIMM_REFERENCE``, else ``../shared`` beside the repo)."""
-    for d in REFERENCE_DIR_CANDIDATES:
-        if d and os.path.isdir(d):
-            return os.path.abspath(d)
-    return None
-
-
-def timm_reference(timm_name: str) -> Optional[Dict[str, tuple]]:
-    """Keys and shapes of timm's ``timm_name`` with num_classes=0, from the stored reference lists."""
-    d = reference_dir()
-    if d is None:
-        return None
-    path = os.path.join(d, timm_name + ".json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = json.load(f)
-    return OrderedDict((e["key"], tuple(e["shape"])) for e in data["state_dict"])
+# targets and files
 
 
 def model_shapes(model) -> Dict[str, tuple]:
@@ -464,60 +256,9 @@ def build_target(arch: str, aux_head: Optional[str] = None, aux_depth: int = 3, 
 
 def load_state_dict_checked(module, sd: Mapping[str, np.ndarray], strict: bool = True,
                             optional: Iterable[str] = ()) -> ConversionReport:
-    """Assign ``sd`` to ``module``'s parameters by name, checking keys and shapes.
-
-    Jittor's own ``load_state_dict`` only logs problems; this raises :class:`StrictLoadError` on
-    missing/unexpected keys (when ``strict``) and :class:`ArchMismatchError` on any shape mismatch,
-    before anything is assigned.
-    """
-    report = ConversionReport()
-    params = module.state_dict()
-    optional = set(optional)
-    for k, v in params.items():
-        if k not in sd:
-            if k not in optional:
-                report.missing.append(k)
-        elif tuple(np.shape(sd[k])) != tuple(v.shape):
-            raise ArchMismatchError(f"first mismatching key '{k}': checkpoint shape {list(np.shape(sd[k]))}, "
-                                    f"model shape {list(v.shape)}")
-    report.unexpected = [k for k in sd if k not in params]
-    if strict:
-        report.check_strict(type(module).__name__)
-    # Assign through the module's own loader so non-parameter Vars (buffers) are handled too.
-    # Cast to each parameter's dtype: Var.update would otherwise adopt the checkpoint's dtype.
-    module.load_state_dict({k: np.asarray(sd[k], order="C").astype(str(params[k].dtype)) for k in sd if k in params})
-    report.loaded = [k for k in params if k in sd]
-    return report
-
-
-# --------------------------------------------------------------------------------------------------
-# files
-
-
-def output_kind(path: str) -> str:
-    p = path.lower()
-    if p.endswith(".safetensors"):
-        return "safetensors"
-    if p.endswith((".pth", ".pt", ".bin")):
-        return "torch"
-    return "jittor"  # .pkl and anything else: jt.save format
-
-
-def write_weights(tree: Mapping[str, Any], path: str, metadata: Optional[Mapping[str, str]] = None) -> str:
-    """Write weights by extension (.safetensors / .pth / else jt.save .pkl), atomically.
-
-    safetensors cannot nest, so nested dicts are flattened with '.' (``teacher.backbone.x``), which
-    :func:`unwrap` undoes.
-    """
-    kind = output_kind(path)
-    if kind == "safetensors":
-        from . import safetensors_io
-        safetensors_io.save_file(weights_io.flat_arrays(tree), path, metadata=metadata)
-    elif kind == "torch":
-        weights_io.save_torch(tree, path)
-    else:
-        weights_io.save_jittor_pickle(tree, path)
-    return kind
+    """Strict loading into a Jittor module: :func:`jhssl.checkpoint.load_state_dict_strict` (kept name)."""
+    from .checkpoint import load_state_dict_strict
+    return load_state_dict_strict(module, sd, strict=strict, what=type(module).__name__, optional=optional)
 
 
 def convert_file(src: str, arch: str, out: Optional[str] = None, strict: bool = False, which: Optional[str] = None,
@@ -531,9 +272,8 @@ def convert_file(src: str, arch: str, out: Optional[str] = None, strict: bool = 
     """
     if out is not None and output_kind(out) == "torch" and not weights_io.torch_available():
         # Fail before the (possibly long) conversion.
-        raise weights_io.TorchMissingError(
-            f"writing '{out}' as a PyTorch .pth file needs torch, which is not installed; "
-            "use an output path ending in .safetensors (no torch needed) or .pkl (Jittor)")
+        raise TorchMissingError.writing_pth(out, "use an output path ending in .safetensors (no torch needed) "
+                                                 "or .pkl (Jittor)")
     obj = weights_io.load_checkpoint(src, trusted=trusted)
     model_kwargs = dict(model_kwargs or {})
     if aux_head is not None:

@@ -23,7 +23,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from . import convert, weights_io
+from . import convert, timm_reference, weights_io
+from .resize import resize_pos_embed
+from .errors import ArchMismatchError, StrictLoadError, TorchMissingError
 
 FORMATS = ("timm", "dino", "mmseg")
 
@@ -89,26 +91,61 @@ def extract_base(obj: Any, which: str = "teacher",
     return out
 
 
-def check_timm_keys(sd: Mapping[str, np.ndarray], timm_name: str, any_pos_embed_len: bool = False) -> None:
+def check_timm_keys(sd: Mapping[str, np.ndarray], timm_name: str, any_pos_embed_len: bool = False,
+                    any_patch_size: bool = False) -> None:
     """Raise unless ``sd`` has exactly the keys and shapes of timm's ``timm_name`` (num_classes=0).
 
     ``any_pos_embed_len``: accept a ``pos_embed`` for another input size (same width), for models
-    trained at another resolution (timm builds them with ``img_size=...``)."""
-    ref = convert.timm_reference(timm_name)
+    trained at another resolution (timm builds them with ``img_size=...``); ``any_patch_size``: also
+    accept another patch size (``patch_embed.proj.weight``'s kernel; timm: ``patch_size=...``)."""
+    ref = timm_reference.timm_reference(timm_name)
     if ref is None:
-        raise FileNotFoundError(f"no timm reference key list for '{timm_name}'")
+        raise FileNotFoundError(f"no timm reference key list for '{timm_name}' (shipped lists: "
+                                f"{', '.join(timm_reference.available())})")
     missing = [k for k in ref if k not in sd]
     unexpected = [k for k in sd if k not in ref]
     if missing or unexpected:
-        raise convert.StrictLoadError(
+        raise StrictLoadError(
             f"export does not match timm '{timm_name}': missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     for k, shape in ref.items():
-        if any_pos_embed_len and k.endswith("pos_embed") and sd[k].shape[::2] == tuple(shape)[::2]:
+        got, shape = tuple(sd[k].shape), tuple(shape)
+        if (any_pos_embed_len or any_patch_size) and k.endswith("pos_embed") and got[::2] == shape[::2]:
             continue
-        if tuple(sd[k].shape) != tuple(shape):
-            raise convert.ArchMismatchError(f"export does not match timm '{timm_name}': first mismatching key "
-                                            f"'{k}': exported shape {list(sd[k].shape)}, timm shape {list(shape)}")
+        if any_patch_size and k == "patch_embed.proj.weight" and got[:2] == shape[:2]:
+            continue
+        if got != shape:
+            raise ArchMismatchError(f"export does not match timm '{timm_name}': first mismatching key "
+                                    f"'{k}': exported shape {list(got)}, timm shape {list(shape)}")
+
+
+def check_against_timm(sd: Mapping[str, np.ndarray], arch: Optional[str], kwargs: Mapping[str, Any]):
+    """Check an export against the shipped timm key lists; returns ``(timm name or None, note)``.
+
+    The exact model (patch and input size) when timm lists it; else its 224-px version (another
+    input size: only ``pos_embed``'s length differs); else the family's default (another patch size
+    too, e.g. a CPU demo's ViT-T/4 at 32 px against ``vit_tiny_patch16_224``). A model timm does not
+    have at all (a custom width or depth) is not checked, and the note says so.
+    """
+    if not arch:
+        return None, "the checkpoint records no architecture (pass --arch): keys not checked against timm"
+    size, patch = kwargs.get("img_size"), kwargs.get("patch_size")
+    exact = timm_reference.timm_reference_name(arch, patch, size)
+    if timm_reference.timm_reference(exact) is not None:
+        check_timm_keys(sd, exact)
+        return exact, ""
+    at224 = timm_reference.timm_reference_name(arch, patch, 224)
+    pos_note = (f"build the timm model with img_size={size}, or export with --img-size 224" if "pos_embed" in sd
+                else "")
+    if timm_reference.timm_reference(at224) is not None:
+        check_timm_keys(sd, at224, any_pos_embed_len=True)
+        return at224, (f"pos_embed is for {size} px input: {pos_note}" if pos_note else "")
+    family = timm_reference.timm_reference_name(arch, None, 224)
+    if timm_reference.timm_reference(family) is not None:
+        check_timm_keys(sd, family, any_pos_embed_len=True, any_patch_size=True)
+        return family, (f"patch size {patch}, {size} px input: build the timm model with patch_size={patch}, "
+                        f"img_size={size}")
+    return None, f"timm has no model '{arch}' (no reference key list): keys not checked against timm"
 
 
 def format_state_dict(sd: Mapping[str, np.ndarray], fmt: str) -> Dict[str, Any]:
@@ -145,12 +182,10 @@ def export_checkpoint(checkpoint: str, out: str, which: str = "teacher", fmt: st
     if which not in ("teacher", "student"):
         raise ValueError(f"--which must be 'teacher' or 'student', got '{which}'")
     out = resolve_output(out, safetensors)
-    kind = convert.output_kind(out)
+    kind = weights_io.output_kind(out)
     if kind == "torch" and not weights_io.torch_available():
-        raise weights_io.TorchMissingError(
-            f"writing '{out}' as a PyTorch .pth file needs torch, which is not installed; "
-            "pass --safetensors to write a .safetensors file instead (no torch needed; load it in "
-            "PyTorch with safetensors.torch.load_file)")
+        raise TorchMissingError.writing_pth(out, "pass --safetensors to write a .safetensors file instead (no "
+                                                 "torch needed; load it in PyTorch with safetensors.torch.load_file)")
     if kind == "jittor":
         raise ValueError(f"export writes PyTorch files: use a .pth or .safetensors output path, not '{out}'")
     obj = weights_io.load_checkpoint(checkpoint, trusted=trusted)
@@ -163,26 +198,13 @@ def export_checkpoint(checkpoint: str, out: str, which: str = "teacher", fmt: st
         n = (img_size // patch) ** 2 + (1 if "cls_token" in sd else 0)
         if sd["pos_embed"].shape[1] != n:
             old = sd["pos_embed"].shape
-            sd["pos_embed"] = convert.resize_pos_embed(sd["pos_embed"], n, 1 if "cls_token" in sd else 0)
+            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], n, 1 if "cls_token" in sd else 0)
             report.resized["pos_embed"] = (tuple(old), tuple(sd["pos_embed"].shape))
         kwargs["img_size"] = img_size
-    timm_name = convert.timm_reference_name(arch, kwargs.get("patch_size"), kwargs.get("img_size")) if arch else None
-    checked = False
-    note = ""
-    if timm_name and convert.timm_reference(timm_name) is not None:
-        check_timm_keys(sd, timm_name)
-        checked = True
-    elif arch:
-        # Trained at another resolution: timm's 224-px model has the same tensors except pos_embed's length.
-        name224 = convert.timm_reference_name(arch, kwargs.get("patch_size"), 224)
-        if convert.timm_reference(name224) is not None:
-            check_timm_keys(sd, name224, any_pos_embed_len=True)
-            checked, timm_name = True, name224
-            if "pos_embed" in sd:
-                note = (f"pos_embed is for {kwargs.get('img_size')} px input: build the timm model with "
-                        f"img_size={kwargs.get('img_size')}, or export with --img-size 224")
+    timm_name, note = check_against_timm(sd, arch, kwargs)
+    checked = timm_name is not None
     tree = format_state_dict(sd, fmt)
-    convert.write_weights(tree, out, metadata={"format": fmt, "arch": str(arch), "which": which,
+    weights_io.write_weights(tree, out, metadata={"format": fmt, "arch": str(arch), "which": which,
                                                "source": os.path.basename(checkpoint)})
     return {"out": out, "kind": kind, "format": fmt, "arch": arch, "timm_name": timm_name,
             "checked_against_timm": checked, "tensors": len(sd), "report": report, "note": note}

@@ -175,22 +175,21 @@ def feature_fn(network, features: str = "base") -> Callable:
     raise ValueError(f"features must be 'base' or 'head', got {features!r}")
 
 
-def load_eval_network(checkpoint, which: str = "teacher", overrides: list[str] | None = None):
+def load_eval_network(checkpoint, which: str = "teacher", overrides: list[str] | None = None,
+                      trusted: bool = False):
     """Rebuild the networks of a trainer checkpoint and load ``which`` (teacher|student).
 
-    ``checkpoint``: a path or an already-loaded dict with 'config', 'teacher', 'student'.
+    ``checkpoint``: a path (read through the allow-list loader, :mod:`jhssl.weights_io`; ``trusted``
+    unpickles anything) or an already-loaded dict with 'config', 'teacher', 'student'.
     Returns ``(network in eval mode, cfg)``. Only the ``backbone.`` and ``aux_head.`` entries are
     needed; they are loaded strictly (every key present, same shapes).
     """
-    import jittor as jt
     from jhssl.config import apply_overrides, config_from_dict
     if which not in ("teacher", "student"):
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
     if isinstance(checkpoint, str):
-        import os
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        ckpt = jt.load(checkpoint)
+        from jhssl import weights_io
+        ckpt = weights_io.load_checkpoint(checkpoint, trusted=trusted)
     else:
         ckpt = checkpoint
     if isinstance(ckpt, dict) and which == "teacher" and ckpt.get("teacher", 0) is None and ckpt.get("student"):
@@ -233,7 +232,7 @@ def evaluate_knn(cfg, model_fn: Callable, ks=None, T: float | None = None, datas
     from jhssl.data import build_eval_datasets
     ks = list(ks or cfg.eval.knn_k)
     T = float(T if T is not None else cfg.eval.knn_t)
-    train_ds, val_ds = datasets or build_eval_datasets(cfg)
+    train_ds, val_ds = datasets or build_eval_datasets(cfg, ks=ks)
     t0 = time.time()
     tr_f, tr_l = extract_features(model_fn, train_ds, progress=progress)
     va_f, va_l = extract_features(model_fn, val_ds, progress=progress)

@@ -18,7 +18,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from .fileio import atomic_write
-from .weights_io import CorruptFileError
+from .errors import CorruptFileError
 
 # safetensors dtype name -> numpy dtype (little-endian). BF16 has no numpy dtype: see _decode_bf16.
 _DTYPES = {

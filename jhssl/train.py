@@ -118,7 +118,8 @@ def run_knn(cfg, method, log=print, datasets=None):
             net.train()
 
 
-def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=None, evaluate=True):
+def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=None, evaluate=True,
+          trusted=False):
     """Pretrain according to ``cfg``. ``max_iters`` stops early (tests, timing).
 
     ``method``: a prebuilt method object (default ``build_model(cfg)``; the head search passes its
@@ -146,7 +147,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     dataset = build_pretrain_dataset(cfg)
     from jhssl.data import build_eval_datasets
     # now, so a missing k-NN split fails before any training (not needed without evaluations)
-    eval_sets = build_eval_datasets(cfg) if evaluate else None
+    eval_sets = build_eval_datasets(cfg, ks=cfg.eval.knn_k) if evaluate else None  # also checks knn_k
     niter = len(dataset)
     if niter == 0:
         raise ValueError(f"the dataset gives no full batch of {cfg.batch_size} images")
@@ -168,7 +169,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     # every rank resumes from the file rank 0 picks (output_dir must be on a shared file system)
     path = dist.broadcast_object(_resolve_resume(cfg, resume) if main else None)
     if path:
-        state = ckpt_lib.load_checkpoint(path)
+        state = ckpt_lib.load_checkpoint(path, trusted=trusted)  # allow-list unpickling unless trusted
         _restore(method, optimizer, state)
         start_iter = int(state["iteration"])
         start_epoch = start_iter // niter

@@ -30,26 +30,16 @@ import os
 import pickle
 import struct
 import zipfile
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .errors import CorruptFileError, TorchMissingError, UnsafePickleError  # noqa: F401  (re-exported)
+from . import safetensors_io  # no cycle: both take their error types from the leaf jhssl.errors
 from .fileio import atomic_write  # noqa: F401  (re-exported: weights_io.atomic_write)
 
 JITTOR_TAG = b"HCAJSLHD"  # trailer jt.save appends after the pickle and its 20-byte SHA-1
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-
-class CorruptFileError(ValueError):
-    """The file is truncated or damaged (or is not a weights file at all)."""
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allow-list."""
-
-
-class TorchMissingError(RuntimeError):
-    """An operation needs PyTorch, which is not installed."""
 
 
 def save_jittor_pickle(obj: Any, path: str) -> None:
@@ -61,6 +51,32 @@ def save_jittor_pickle(obj: Any, path: str) -> None:
     atomic_write(path, lambda f: (f.write(data), f.write(hashlib.sha1(data).digest()), f.write(JITTOR_TAG)))
 
 
+def output_kind(path: str) -> str:
+    """'safetensors', 'torch' (.pth/.pt/.bin) or 'jittor' (.pkl and anything else: jt.save's format)."""
+    p = path.lower()
+    if p.endswith(".safetensors"):
+        return "safetensors"
+    if p.endswith((".pth", ".pt", ".bin")):
+        return "torch"
+    return "jittor"
+
+
+def write_weights(tree: Any, path: str, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write weights by extension (.safetensors / .pth / else jt.save .pkl), atomically; returns the kind.
+
+    safetensors cannot nest, so nested dicts are flattened with '.' (``teacher.backbone.x``), which
+    :func:`jhssl.convert.unwrap` undoes.
+    """
+    kind = output_kind(path)
+    if kind == "safetensors":
+        safetensors_io.save_file(flat_arrays(tree), path, metadata=metadata)
+    elif kind == "torch":
+        save_torch(tree, path)
+    else:
+        save_jittor_pickle(tree, path)
+    return kind
+
+
 def torch_available() -> bool:
     import importlib.util
     return importlib.util.find_spec("torch") is not None
@@ -69,10 +85,7 @@ def torch_available() -> bool:
 def save_torch(obj: Any, path: str) -> None:
     """``torch.save`` a tree of numpy arrays as torch tensors, atomically. Needs torch."""
     if not torch_available():
-        raise TorchMissingError(
-            f"writing '{path}' as a PyTorch .pth file needs torch, which is not installed; "
-            "write safetensors instead (--safetensors, or an output path ending in .safetensors), "
-            "which needs no torch and loads with safetensors.torch.load_file")
+        raise TorchMissingError.writing_pth(path)
     import torch
 
     def convert(x):
@@ -284,6 +297,11 @@ def _load_torch_legacy(path: str, trusted: bool) -> Any:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except (EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        if not trusted and "weights only" in str(e).lower():
+            raise UnsafePickleError(f"{path}: refusing to unpickle a legacy PyTorch checkpoint with globals outside "
+                                    "torch's weights-only allow-list: pickled checkpoints can run code when loaded. "
+                                    "If you trust this file, load it with trusted=True (command line: "
+                                    "--trust-pickle).") from None
         raise CorruptFileError(f"{path}: truncated or corrupted PyTorch checkpoint ({e})") from None
     return to_numpy_tree(obj)
 
@@ -294,8 +312,6 @@ def load_checkpoint(path: str, trusted: bool = False) -> Any:
     Only load files you trust: see the module docstring. ``trusted=False`` (default) refuses
     pickled globals outside a small allow-list; ``trusted=True`` unpickles anything.
     """
-    from . import safetensors_io
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")

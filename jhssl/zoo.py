@@ -1,7 +1,10 @@
 """Model zoo: named pretrained weights (``configs/zoo.yaml``), a download cache, and loading into models.
 
-* ``models.create_model('vit_small', pretrained='dino_vits16')`` builds the model and calls
-  :func:`load_into`; ``pretrained`` may also be a local path or a ``file://`` URL.
+* :func:`create_pretrained` (``jhssl.zoo.create_pretrained('vit_small', 'dino_vits16')``) builds the
+  model and calls :func:`load_into`; ``pretrained`` may also be a local path or a ``file://`` URL.
+  Importing this module registers :func:`load_into` with ``models.registry``, so
+  ``models.create_model('vit_small', pretrained='dino_vits16')`` does the same (models/ never
+  imports the zoo: it is the bottom layer).
 * :func:`load` returns an entry's state dict (numpy, timm keys).
 * Files are cached under ``$JHSSL_HOME`` (default ``~/.cache/jhssl``), one file per entry, named by
   the entry's ``file``. On a machine without network, put the file there by hand: a missing file
@@ -22,7 +25,8 @@ import urllib.request
 from collections import OrderedDict
 from typing import Any, Dict, Iterable, Optional
 
-from . import convert, weights_io
+from . import convert, timm_reference, weights_io
+from .errors import UserError
 from .fileio import atomic_write
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +35,7 @@ REQUIRED = ("name", "arch", "file", "url", "sha256", "source", "licence")
 DOWNLOAD_TIMEOUT_S = 30
 
 
-class ZooError(RuntimeError):
+class ZooError(UserError, RuntimeError):
     """A zoo entry cannot be found, fetched or verified."""
 
 
@@ -175,13 +179,18 @@ def download(name: str, force: bool = False, progress: bool = False) -> str:
     return dest
 
 
-def verify(name: str) -> str:
-    """'ok', 'unverified' (no published checksum), or 'missing'; raises :class:`ChecksumError` on a mismatch."""
+def verify(name: str, trusted: bool = False) -> str:
+    """'ok', 'unverified' (no published checksum), or 'missing'; raises :class:`ChecksumError` on a mismatch.
+
+    A cached file is also read (through the allow-list loader: a pickle with other globals raises
+    :class:`jhssl.weights_io.UnsafePickleError` unless ``trusted``), so 'ok' means it loads.
+    """
     entry = get_entry(name)
     path = cached_path(entry)
     if not os.path.isfile(path):
         return "missing"
     _check_digests(entry, path)
+    weights_io.load_checkpoint(path, trusted=trusted)
     return "ok" if entry.sha256 else "unverified"
 
 
@@ -211,9 +220,9 @@ def resolve(pretrained: str, download_missing: bool = True) -> str:
 
 
 def _target_for(arch: str, model_kwargs: Dict[str, Any]) -> Dict[str, tuple]:
-    name = convert.timm_reference_name(arch, model_kwargs.get("patch_size"), model_kwargs.get("img_size"),
-                                       model_kwargs.get("window_size"))
-    ref = convert.timm_reference(name)
+    name = timm_reference.timm_reference_name(arch, model_kwargs.get("patch_size"), model_kwargs.get("img_size"),
+                                              model_kwargs.get("window_size"))
+    ref = timm_reference.timm_reference(name)
     if ref is not None:
         return ref
     _, _, target = convert.build_target(arch, **model_kwargs)
@@ -253,7 +262,8 @@ def load_into(model, pretrained: str, arch: Optional[str] = None, which: Optiona
     optional = [k for k in target if k.endswith("mask_token")]
     sd, report = convert.convert_state_dict(obj, target, which=which, optional=optional)
     report.check_strict(f"{pretrained} -> {arch or type(model).__name__}")
-    convert.load_state_dict_checked(model, sd, strict=True, optional=optional)
+    from .checkpoint import load_state_dict_strict
+    load_state_dict_strict(model, sd, strict=True, what=arch or type(model).__name__, optional=optional)
     if verbose:
         print(f"loaded pretrained weights '{pretrained}' ({path}) into {arch or type(model).__name__}: "
               f"{len(report.loaded)} tensors" + (f", dropped {len(report.dropped)}" if report.dropped else "")
@@ -270,3 +280,19 @@ def list_entries(names: Optional[Iterable[str]] = None):
         path = cached_path(e)
         rows.append((e.name, e.arch, "cached" if os.path.isfile(path) else "missing", path, e.source, e.licence))
     return rows
+
+
+def create_pretrained(name: str, pretrained: str, trusted: bool = False, **model_kwargs):
+    """``models.create_model(name, **model_kwargs)`` with ``pretrained`` (zoo name, path or file:// URL) loaded."""
+    import models
+    model = models.create_model(name, **model_kwargs)
+    load_into(model, pretrained, arch=name, trusted=trusted)
+    return model
+
+
+def _register() -> None:
+    from models.registry import set_pretrained_loader
+    set_pretrained_loader(lambda model, pretrained, arch: load_into(model, pretrained, arch=arch))
+
+
+_register()

@@ -50,7 +50,7 @@ from typing import Dict, Sequence, Union
 
 import numpy as np
 
-import jhssl  # noqa: F401  (bootstrap before jittor)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
@@ -61,7 +61,7 @@ from .swin import SHIFT_MASK_VALUE, WindowAttention, shift_window_mask, window_p
 from .vit import Attention
 from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
 
-HEAD_ARCHS = ("convnext", "resnet", "resmlp", "poolformer", "vit", "swin")
+from models.head_archs import HEAD_ARCHS  # noqa: E402,F401  (the one list; jittor-free for config parsing)
 HEAD_LN_EPS = 1e-6
 
 

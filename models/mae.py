@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-import jhssl  # noqa: F401  (bootstrap before jittor)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

@@ -11,7 +11,7 @@ spatial reduction must divide its map).
 """
 import math
 
-import jhssl  # noqa: F401  (bootstrap before jittor)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

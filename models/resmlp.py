@@ -7,7 +7,7 @@ than ``img_size`` raise ``ValueError``.
 """
 import math
 
-import jhssl  # noqa: F401  (bootstrap before jittor)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

@@ -6,7 +6,7 @@ patch-token sequence. ResNet has no final norm, so ``patch`` == ``head_input`` a
 """
 import math
 
-import jhssl  # noqa: F401  (bootstrap before jittor)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

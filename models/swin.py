@@ -23,7 +23,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-import jhssl  # noqa: F401  (Jittor's env must be set before jittor loads)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

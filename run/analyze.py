@@ -15,27 +15,28 @@ From saved boolean vectors (.npy, one entry per evaluation sample, same order)::
 
 Prints a row in the style of the paper's Table II (zh: Table 3); ``--output`` also writes JSON.
 """
-import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from jhssl import analysis  # noqa: E402
-from jhssl.fileio import atomic_write_text  # noqa: E402
+from jhssl import analysis, cli
+from jhssl.fileio import atomic_write_text
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {what} correctness file not found: {path}")
+        raise FileNotFoundError(f"{what} correctness file not found: {path}")
     return np.load(path, allow_pickle=False)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Exit code 0, or 2 after a one-line error (missing or unsafe file, bad input)."""
+    return cli.run(_main, argv, prog="analyze", extra_errors=(ValueError,))
+
+
+def _main(argv=None):
+    p = cli.parser(__doc__.split("\n")[1], trust_pickle=True)
     g = p.add_argument_group("precomputed correctness (.npy of bool or 0/1)")
     g.add_argument("--baseline-correct", help="B1: baseline base model")
     g.add_argument("--hssl-base-correct", help="B2: HSSL base model")
@@ -50,7 +51,7 @@ def main(argv=None):
     p.add_argument("--name", default=None, help="row label (default: the HSSL run's head names, or 'head')")
     p.add_argument("--output", help="also write the statistics as JSON here")
     p.add_argument("overrides", nargs="*", help="dotted config overrides (key=value)")
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
 
     npy = [args.baseline_correct, args.hssl_base_correct, args.hssl_head_correct]
     ckpt = [args.baseline_ckpt, args.hssl_ckpt]
@@ -68,7 +69,8 @@ def main(argv=None):
             p.error("both --baseline-ckpt and --hssl-ckpt are needed")
         from jhssl.analysis import correctness_from_checkpoints
         b1, b2, h, head_names = correctness_from_checkpoints(
-            args.baseline_ckpt, args.hssl_ckpt, config=args.config, overrides=args.overrides, k=args.k)
+            args.baseline_ckpt, args.hssl_ckpt, config=args.config, overrides=args.overrides, k=args.k,
+            trusted=args.trust_pickle)
         name = name or "+".join(head_names)
         if args.save_correct:
             os.makedirs(args.save_correct, exist_ok=True)
@@ -78,10 +80,7 @@ def main(argv=None):
         p.error("no input: give --baseline-correct/--hssl-base-correct/--hssl-head-correct "
                 "or --baseline-ckpt/--hssl-ckpt (see --help)")
 
-    try:
-        stats = analysis.overlap_stats(b1, b2, h)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    stats = analysis.overlap_stats(b1, b2, h)
     name = name or "head"
     print(analysis.table3_header())
     print(analysis.table3_row(name, stats))
@@ -89,8 +88,8 @@ def main(argv=None):
           f"= {stats['both_new']}/{stats['b2_new']})")
     if args.output:
         atomic_write_text(args.output, json.dumps({"name": name, **stats}, indent=2) + "\n")
-    return stats
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

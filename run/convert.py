@@ -21,20 +21,16 @@ position tables are resized bicubically when sizes differ. Missing and unexpecte
 reported; --strict makes them an error. The output is written only when the conversion
 succeeded, atomically. Pickled checkpoints can run code when loaded: convert only files you trust.
 """
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from jhssl import convert, weights_io  # noqa: E402
+from jhssl import cli, convert
 
 
 def _kv(items):
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise SystemExit(f"error: --model-arg expects key=value, got '{it}'")
+            raise ValueError(f"--model-arg expects key=value, got '{it}'")
         k, v = it.split("=", 1)
         try:
             import yaml
@@ -45,8 +41,13 @@ def _kv(items):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    """Exit code 0, or 2 after a one-line error (missing, corrupt or unsafe file, architecture mismatch)."""
+    # KeyError/ValueError: a --which the checkpoint lacks, a file without tensors, a bad --model-arg
+    return cli.run(_main, argv, prog="convert", extra_errors=(KeyError, ValueError))
+
+
+def _main(argv=None):
+    p = cli.parser(__doc__.split("\n\n")[0], trust_pickle=True, epilog=__doc__)
     p.add_argument("--src", required=True, help="source checkpoint (.pth/.pt/.bin, .pkl, .pth.tar, .safetensors)")
     p.add_argument("--arch", required=True, help="target model name (models.create_model), e.g. vit_small")
     p.add_argument("--out", default=None, help="output: .pkl (Jittor), .pth (PyTorch) or .safetensors; "
@@ -57,17 +58,10 @@ def main(argv=None):
     p.add_argument("--aux-depth", type=int, default=3)
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="extra model factory argument, e.g. img_size=384 or window_size=12 (repeatable)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="unpickle any object in the checkpoint (only for files you trust)")
-    args = p.parse_args(argv)
-    try:
-        _, report = convert.convert_file(args.src, args.arch, out=args.out, strict=args.strict, which=args.which,
-                                         aux_head=args.aux_head, aux_depth=args.aux_depth,
-                                         trusted=args.trust_pickle, model_kwargs=_kv(args.model_arg))
-    except (weights_io.TorchMissingError, weights_io.CorruptFileError, weights_io.UnsafePickleError,
-            convert.ArchMismatchError, convert.StrictLoadError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = cli.parse_args(p, argv)
+    _, report = convert.convert_file(args.src, args.arch, out=args.out, strict=args.strict, which=args.which,
+                                     aux_head=args.aux_head, aux_depth=args.aux_depth,
+                                     trusted=args.trust_pickle, model_kwargs=_kv(args.model_arg))
     print(report)
     if args.out:
         print(f"wrote {args.out}")

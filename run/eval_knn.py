@@ -7,18 +7,16 @@ By default the data of the checkpoint's config are used (Fashion-MNIST: train vs
 folder: eval.train_path / eval.val_path). ``--data ROOT`` points elsewhere: for Fashion-MNIST the
 IDX directory, for an image folder a root holding ``train/`` and ``val/`` (ImageNet layout).
 """
-import argparse
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jhssl  # noqa: E402,F401  (sets Jittor's environment before jittor loads)
+import jhssl  # noqa: F401  (sets Jittor's environment before jittor loads)
+from jhssl import cli
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.parser(__doc__, trust_pickle=True)
     p.add_argument("--checkpoint", required=True, help="checkpoint written by run/train.py")
     p.add_argument("--data", default=None, help="dataset root (see above); default: the checkpoint's config")
     p.add_argument("--train-data", default=None, help="labelled train folder (image folders only)")
@@ -34,12 +32,19 @@ def parse_args(argv=None):
     p.add_argument("--val-subset", type=float, default=None)
     p.add_argument("--output", default=None, help="also write the results as JSON here")
     p.add_argument("overrides", nargs="*", help="config overrides key=value applied to the checkpoint's config")
-    return p.parse_args(argv)
+    return cli.parse_args(p, argv)
 
 
 def main(argv=None):
+    """Exit code 0, or 2 after a one-line error (bad checkpoint, config, data)."""
+    # ValueError/KeyError/RuntimeError: the checkpoint's config or data do not fit (a checkpoint of
+    # another schema, missing splits); reported as one line like the user errors.
+    return cli.run(_main, argv, prog="eval_knn", extra_errors=(ValueError, KeyError, RuntimeError))
+
+
+def _main(argv=None):
     args = parse_args(argv)
-    from jhssl.config import ConfigError
+    from jhssl import weights_io
     from jhssl.knn import evaluate_knn, feature_fn, format_knn, load_eval_network
 
     over = list(args.overrides)
@@ -51,43 +56,38 @@ def main(argv=None):
         over.append(f"eval.train_subset={args.train_subset}")
     if args.val_subset is not None:
         over.append(f"eval.val_subset={args.val_subset}")
+    if args.k:
+        over.append(f"eval.knn_k={list(args.k)}")  # checked against the labelled set before extracting features
     if args.train_data:
         over.append(f"eval.train_path={args.train_data}")
     if args.val_data:
         over.append(f"eval.val_path={args.val_data}")
-    try:
-        import jittor as jt
-        if not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-        ckpt = jt.load(args.checkpoint)
-        cfg_dict = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
-        if args.data:
-            if not os.path.isdir(args.data):
-                raise FileNotFoundError(f"--data {args.data!r} is not a directory")
-            dataset = (cfg_dict.get("data") or {}).get("dataset", "folder")
-            over.append(f"data.path={args.data}")
-            if dataset == "folder":
-                for split, key in (("train", "train_path"), ("val", "val_path")):
-                    sub = os.path.join(args.data, split)
-                    if not os.path.isdir(sub) and not getattr(args, f"{split}_data"):
-                        raise FileNotFoundError(f"--data {args.data!r}: expected sub-folders train/ and val/ "
-                                                f"(each root/<class>/<image>); {sub!r} is missing")
-                    if not getattr(args, f"{split}_data"):
-                        over.append(f"eval.{key}={sub}")
-            else:
-                over += ["eval.train_path=null", "eval.val_path=null"]
-        from jhssl.config import apply_overrides, config_from_dict
-        pre = config_from_dict(apply_overrides(cfg_dict, over), strict=False)
-        which = args.which or pre.eval.which
-        features = args.features or pre.eval.features
-        net, cfg = load_eval_network(ckpt, which, over)
-        fn = feature_fn(net, features)
-        ks = args.k or list(cfg.eval.knn_k)
-        T = args.temperature if args.temperature is not None else cfg.eval.knn_t
-        res = evaluate_knn(cfg, fn, ks=ks, T=T, progress=True)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        print(f"eval_knn: error: {e}", file=sys.stderr)
-        return 2
+    ckpt = weights_io.load_checkpoint(args.checkpoint, trusted=args.trust_pickle)
+    cfg_dict = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
+    if args.data:
+        if not os.path.isdir(args.data):
+            raise FileNotFoundError(f"--data {args.data!r} is not a directory")
+        dataset = (cfg_dict.get("data") or {}).get("dataset", "folder")
+        over.append(f"data.path={args.data}")
+        if dataset == "folder":
+            for split, key in (("train", "train_path"), ("val", "val_path")):
+                sub = os.path.join(args.data, split)
+                if not os.path.isdir(sub) and not getattr(args, f"{split}_data"):
+                    raise FileNotFoundError(f"--data {args.data!r}: expected sub-folders train/ and val/ "
+                                            f"(each root/<class>/<image>); {sub!r} is missing")
+                if not getattr(args, f"{split}_data"):
+                    over.append(f"eval.{key}={sub}")
+        else:
+            over += ["eval.train_path=null", "eval.val_path=null"]
+    from jhssl.config import apply_overrides, config_from_dict
+    pre = config_from_dict(apply_overrides(cfg_dict, over), strict=False)
+    which = args.which or pre.eval.which
+    features = args.features or pre.eval.features
+    net, cfg = load_eval_network(ckpt, which, over)
+    fn = feature_fn(net, features)
+    ks = args.k or list(cfg.eval.knn_k)
+    T = args.temperature if args.temperature is not None else cfg.eval.knn_t
+    res = evaluate_knn(cfg, fn, ks=ks, T=T, progress=True)
     print(format_knn(res, T, f"{which} {features}"))
     if args.output:
         from jhssl.fileio import atomic_write_text

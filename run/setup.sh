@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # jhssl setup: system packages, Python packages, and an offline-ready Jittor.
 # Idempotent: a second run checks everything and changes nothing.
-#   bash run/setup.sh              # everything the trainer needs
-#   JHSSL_WITH_TORCH=1 bash run/setup.sh   # plus torch 2.13 CPU and safetensors (export checks, parity tests, benchmarks)
+#   bash run/setup.sh              # everything the trainer needs; installs jhssl itself (pip install -e .)
+#   JHSSL_WITH_TORCH=1 bash run/setup.sh   # plus requirements-dev.txt: torch 2.13 CPU, safetensors, pytest
+#                                          # (what the tests need; bash run/test.sh does this, then runs them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -31,12 +32,16 @@ fi
 
 # 2. Python packages. jittor-offline ships the oneDNN/cub/cutt/NCCL archives Jittor would otherwise download.
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-$PY -m pip install -q -r requirements.txt
 if [ "${JHSSL_WITH_TORCH:-0}" = "1" ]; then
-  # torch is optional (export to .pth, parity tests, benchmarks); 2.13.0 is a local CPU wheel here.
-  # safetensors (the reference implementation) checks that our own reader/writer interoperate.
-  $PY -c "import torch, safetensors" 2>/dev/null || $PY -m pip install -q "torch==2.13.0" "safetensors==0.8.0"
+  # torch (pinned to the CPU build: .pth export, parity tests, benchmarks), safetensors (the reference
+  # implementation our reader/writer is tested against) and pytest.
+  $PY -m pip install -q -r requirements-dev.txt
+else
+  $PY -m pip install -q -r requirements.txt
 fi
+# jhssl and models as an editable package: run/*.py, the tests and your own scripts import them
+# from this checkout (dependencies are installed above).
+$PY -m pip install -q --no-deps -e .
 
 # 3. Compile Jittor's core once (about 3 minutes the first time, cached in ~/.cache/jittor) and check
 #    that oneDNN and MPI are really on. jhssl.bootstrap sets the env (no GPU -> nvcc_path="").

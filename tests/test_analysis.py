@@ -63,6 +63,7 @@ def test_analyze_cli_npy(tmp_path):
     assert bad.returncode != 0 and "hssl" in bad.stderr.lower()
 
 
+@pytest.mark.slow
 def test_correctness_from_checkpoints(tmp_path):
     """The checkpoint path: baseline + HSSL checkpoints -> three correctness vectors over the val set."""
     from PIL import Image

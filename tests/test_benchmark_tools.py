@@ -1,15 +1,12 @@
 """The FLOP count the benchmark suite reports (benchmarks/run.py) against hand-counted FLOPs."""
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._torch import require
 
 
 @pytest.mark.parametrize("groups", [1, 8])
 def test_conv_flops_count_forward_and_both_gradients_with_groups(groups):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from benchmarks.run import _TorchFlops
     N, C, H, W, k = 2, 8, 5, 5, 3
     conv = torch.nn.Conv2d(C, C, k, padding=1, groups=groups, bias=False)

@@ -13,16 +13,7 @@ import pytest
 import jhssl  # noqa: F401  (sets Jittor's environment first)
 from jhssl import convert, safetensors_io, weights_io
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:  # the file-format tests below still run
-    torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is needed for the PyTorch round-trip tests "
-                                                       "(CI installs it)")
-if torch is not None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import torch_reference as tref  # noqa: E402
+from tests._torch import F, needs_torch, require, torch, tref  # noqa: E402  (torch loads in the tests that use it)
 
 import jittor as jt  # noqa: E402
 import models  # noqa: E402
@@ -381,8 +372,8 @@ def test_strict_fails_on_unexpected_and_missing_keys(tmp_path):
 
 @pytest.mark.parametrize("kind", ["pth", "pkl", "safetensors"])
 def test_truncated_file_is_a_clear_error_and_leaves_no_output(tmp_path, kind):
-    if kind == "pth" and torch is None:
-        pytest.skip("torch is needed to write a .pth file")
+    if kind == "pth":
+        torch.zeros(1)  # writing a .pth file needs torch (skipped only where torch is not required)
     rng = np.random.RandomState(0)
     sd = {k: rng.randn(*s).astype(np.float32)
           for k, s in convert.model_shapes(models.create_model("vit_small", **VIT)).items()}
@@ -438,7 +429,7 @@ def test_safetensors_round_trip_and_interop(tmp_path):
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
     assert n % 8 == 0  # header padded so the data is 8-byte aligned
-    st = pytest.importorskip("safetensors.numpy")
+    st = require("safetensors.numpy")  # the reference implementation (requirements-dev.txt)
     ref = st.load_file(path)  # the reference implementation reads our files...
     for k, v in tensors.items():
         np.testing.assert_array_equal(ref[k], v)
@@ -447,8 +438,6 @@ def test_safetensors_round_trip_and_interop(tmp_path):
     for k, v in safetensors_io.load_file(other).items():  # ...and we read its files
         np.testing.assert_array_equal(v, tensors[k])
     # bfloat16 (torch releases) widens exactly to float32.
-    if torch is None:
-        return
     import safetensors.torch
     bf = torch.randn(4, 3).bfloat16()
     safetensors.torch.save_file({"w": bf}, str(tmp_path / "bf.safetensors"))

@@ -13,10 +13,7 @@ import pytest
 import jhssl  # noqa: F401  (sets Jittor's environment first)
 from jhssl import convert, export, safetensors_io, weights_io
 
-torch = pytest.importorskip("torch", reason="torch is needed for the PyTorch round-trip tests (CI installs it)")
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_reference as tref  # noqa: E402
+from tests._torch import torch, tref  # noqa: E402  (imported by the first test that uses them)
 
 import jittor as jt  # noqa: E402
 import models  # noqa: E402
@@ -109,8 +106,6 @@ def test_swin_export_round_trip_through_torch_gives_same_features(tmp_path):
 ])
 def test_timm_export_has_exactly_timms_keys_and_shapes(tmp_path, arch, timm_name, kwargs):
     ref = convert.timm_reference(timm_name)
-    if ref is None:
-        pytest.skip("timm reference key lists (../shared/reference/timm-state-dicts) not available")
     base = models.create_model(arch, use_mask_token=True)
     path = str(tmp_path / "ckpt.pkl")
     teacher = _training_checkpoint(path, base, arch, kwargs)
@@ -192,8 +187,6 @@ def test_export_cli(tmp_path, capsys):
 
 
 def test_model_trained_at_low_resolution_exports_for_timm(tmp_path):
-    if convert.timm_reference("vit_small_patch16_224") is None:
-        pytest.skip("timm reference key lists (../shared/reference/timm-state-dicts) not available")
     base = models.create_model("vit_small", img_size=32, use_mask_token=True)  # 2x2 grid, e.g. a CPU demo run
     path = str(tmp_path / "ckpt.pkl")
     # A null model.img_size means data.global_crop_size to the trainer.
@@ -208,3 +201,21 @@ def test_model_trained_at_low_resolution_exports_for_timm(tmp_path):
     pe = safetensors_io.load_file(res["out"])["pos_embed"]
     assert pe.shape == (1, 197, 384)
     np.testing.assert_array_equal(pe[:, 0], teacher["backbone.pos_embed"][:, 0])  # the CLS position is kept
+
+
+def test_timm_check_runs_for_other_patch_sizes_and_names_a_mismatch():
+    """A CPU demo's ViT-T/4 at 32 px has no timm list of its own: it is checked against
+    vit_tiny_patch16_224 (same keys; only the patch kernel and pos_embed length differ)."""
+    ref = convert.timm_reference("vit_tiny_patch16_224")
+    sd = {k: np.zeros(s, np.float32) for k, s in ref.items()}
+    sd["patch_embed.proj.weight"] = np.zeros((192, 3, 4, 4), np.float32)
+    sd["pos_embed"] = np.zeros((1, 65, 192), np.float32)
+    name, note = export.check_against_timm(sd, "vit_tiny", {"patch_size": 4, "img_size": 32})
+    assert name == "vit_tiny_patch16_224" and "patch_size=4" in note and "img_size=32" in note
+    sd["blocks.0.mlp.fc1.weight"] = np.zeros((10, 192), np.float32)
+    with pytest.raises(convert.ArchMismatchError, match="blocks.0.mlp.fc1.weight"):
+        export.check_against_timm(sd, "vit_tiny", {"patch_size": 4, "img_size": 32})
+    del sd["norm.weight"]
+    with pytest.raises(convert.StrictLoadError, match="norm.weight"):
+        export.check_against_timm(sd, "vit_tiny", {"patch_size": 4, "img_size": 32})
+    assert export.check_against_timm(sd, None, {})[0] is None  # nothing recorded: said in the note

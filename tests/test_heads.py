@@ -213,8 +213,7 @@ def test_head_cls_is_normed_mean_of_tokens():
 
 
 # ---- independent torch references of the conv / pool branches -------------------------------------
-torch = pytest.importorskip("torch")
-F = torch.nn.functional
+from tests._torch import F, torch  # noqa: E402  (imported by the first test that uses it)
 
 
 def _t(v):

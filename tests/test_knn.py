@@ -103,8 +103,7 @@ def test_extract_features_in_dataset_order(tmp_path):
 
 
 def test_eval_cli_reports_clear_errors(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run"))
-    import eval_knn
+    from run import eval_knn
     assert eval_knn.main(["--checkpoint", str(tmp_path / "missing.pkl")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
@@ -137,8 +136,7 @@ def test_checkpoint_round_trip_and_cli(tmp_path, capsys):
         for f in ("base", "head"):
             np.testing.assert_allclose(feature_fn(net, f)(x).numpy(), feature_fn(method.teacher, f)(x).numpy(),
                                        rtol=1e-4, atol=1e-5)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "run"))
-    import eval_knn
+    from run import eval_knn
     out = str(tmp_path / "knn.json")
     assert eval_knn.main(["--checkpoint", path, "--features", "head", "--k", "5", "10", "--output", out]) == 0
     text = capsys.readouterr().out

@@ -116,11 +116,9 @@ def test_masked_rows_errors_name_the_mismatch():
 
 def test_torch_benchmark_twin_masked_projection_equals_full():
     """The PyTorch twin in benchmarks/ implements the same shortcut: one step both ways, same loss and gradients."""
-    torch = pytest.importorskip("torch")
+    from tests._torch import require
+    torch = require("torch")
     import copy
-    import os
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from benchmarks.torch_models import TorchHSSL
     torch.manual_seed(0)
     full = TorchHSSL("vit_tiny", 4, 16, hssl=True, out_dim=64, hidden_dim=32, bottleneck_dim=16, nlayers=3,

@@ -43,6 +43,7 @@ def _overrides(folder, out, heads="[convnext,resmlp]"):
             "optim.warmup_epochs=0", "mask.pred_ratio=0.3", "mask.pred_ratio_var=0.0"]
 
 
+@pytest.mark.slow
 def test_search_tiny_end_to_end(folder, tmp_path):
     _register_micro()
     from jhssl.search import run_search
@@ -109,6 +110,7 @@ def test_sharded_discrepancy_equals_unsharded(folder):
         assert whole[h] > 0 and sums[h] / sum(counts) == pytest.approx(whole[h], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_search_resume_continues_exactly(folder, tmp_path):
     """The search trains through jhssl.train.train: resuming restores every candidate's centers."""
     _register_micro()

@@ -7,23 +7,18 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jhssl  # noqa: F401,E402
-import jittor as jt  # noqa: E402
-import torch  # noqa: E402
+import jhssl  # noqa: F401
+import jittor as jt
 
 from models import create_model, list_models  # noqa: E402
 from models import swin as swin_module  # noqa: E402,F401  (registers the Swin factories)
 from models.swin import (PatchMerging, SwinTransformer, SwinTransformerBlock, WindowAttention,  # noqa: E402
                          shift_window_mask, window_partition, window_reverse)
-from tests.torch_reference import (TorchPatchMerging, TorchSwin, TorchSwinBlock,  # noqa: E402
-                                   copy_from_jittor, torch_shift_mask)
+from tests._torch import reference, torch  # noqa: E402  (torch loads only in the tests that use it)
 
-from jhssl.convert import reference_dir  # noqa: E402
+from jhssl.timm_reference import reference_dir  # noqa: E402
 
 REF_DIR = reference_dir()
-assert REF_DIR, "timm reference key lists not found: set JHSSL_TIMM_REFERENCE or put shared/ beside the repo"
 
 SWINS = {"swin_tiny_patch4_window7_224": "swin_tiny_patch4_window7_224",
          "swin_small_patch4_window7_224": "swin_small_patch4_window7_224",
@@ -35,7 +30,7 @@ SWINS = {"swin_tiny_patch4_window7_224": "swin_tiny_patch4_window7_224",
 def load_reference(name):
     path = os.path.join(REF_DIR, f"{name}.json")
     if not os.path.exists(path):
-        pytest.fail(f"timm reference {path} is missing (set JHSSL_TIMM_REF to its folder)")
+        pytest.fail(f"timm reference {path} is missing (shipped in jhssl/reference/timm; JHSSL_TIMM_REFERENCE overrides the folder)")
     with open(path) as f:
         return json.load(f)
 
@@ -57,7 +52,8 @@ def perturb(module, scale=0.1):
 def _seed():
     jt.set_global_seed(0)
     np.random.seed(0)
-    torch.manual_seed(0)
+    if "torch" in sys.modules:
+        torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("name", sorted(SWINS))
@@ -136,7 +132,7 @@ def test_window_partition_roundtrip_and_order():
 @pytest.mark.parametrize("H,W,ws,shift", [(14, 14, 7, 3), (8, 8, 4, 2), (12, 8, 4, 2)])
 def test_shift_window_mask_matches_reference(H, W, ws, shift):
     mask = shift_window_mask(H, W, ws, shift).numpy()
-    ref = torch_shift_mask(H, W, ws, ws, shift, shift).numpy()
+    ref = reference().torch_shift_mask(H, W, ws, ws, shift, shift).numpy()
     assert mask.shape == ((H // ws) * (W // ws), ws * ws, ws * ws)
     np.testing.assert_array_equal(mask, ref)
     assert (mask[0] == 0).all()  # top-left window holds one region only
@@ -161,8 +157,9 @@ def test_swin_block_matches_independent_torch_reference(H, W, shifted):
     block = SwinTransformerBlock(16, num_heads=2, window_size=7, shifted=shifted)
     perturb(block)
     block.eval()
-    ref = TorchSwinBlock(16, 2, window=7, shifted=shifted)
-    copy_from_jittor(ref, block)
+    tref = reference()
+    ref = tref.TorchSwinBlock(16, 2, window=7, shifted=shifted)
+    tref.copy_from_jittor(ref, block)
     x = np.random.randn(2, H, W, 16).astype(np.float32)
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy()
@@ -173,8 +170,9 @@ def test_swin_block_matches_independent_torch_reference(H, W, shifted):
 def test_patch_merging_matches_reference_order():
     merge = PatchMerging(8)
     perturb(merge)
-    ref = TorchPatchMerging(8)
-    copy_from_jittor(ref, merge)
+    tref = reference()
+    ref = tref.TorchPatchMerging(8)
+    tref.copy_from_jittor(ref, merge)
     for H, W in ((6, 4), (5, 3)):
         x = np.random.randn(2, H, W, 8).astype(np.float32)
         with torch.no_grad():
@@ -187,8 +185,9 @@ def test_whole_swin_matches_torch_reference(size):
     model = tiny_swin(depths=(2, 2, 2), num_heads=(1, 2, 2), use_mask_token=True)
     perturb(model)
     model.eval()
-    ref = TorchSwin(4, 8, (2, 2, 2), (1, 2, 2), 7, mask_token=True)
-    copy_from_jittor(ref, model)
+    tref = reference()
+    ref = tref.TorchSwin(4, 8, (2, 2, 2), (1, 2, 2), 7, mask_token=True)
+    tref.copy_from_jittor(ref, model)
     x = np.random.randn(2, 3, size, size).astype(np.float32)
     mask = np.random.rand(2, size // 4, size // 4) < 0.4
     ours = model.forward_features(jt.array(x), mask=jt.array(mask))

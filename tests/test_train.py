@@ -17,6 +17,7 @@ def data_root(tmp_path_factory):
     return write_image_folder(str(tmp_path_factory.mktemp("imgs")), n_per_class=4)
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_checkpoint_logs_plots_and_knn(data_root, tmp_path):
     out = str(tmp_path / "run")
     cfg = tiny_config(out, data_root)
@@ -43,6 +44,7 @@ def test_end_to_end_writes_checkpoint_logs_plots_and_knn(data_root, tmp_path):
     assert not [f for f in files if f.startswith(".tmp")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_after", [2, 1])  # an epoch boundary, and the middle of an epoch
 def test_resume_continues_exactly(data_root, tmp_path, stop_after):
     full = str(tmp_path / "full")
@@ -67,6 +69,7 @@ def test_resume_continues_exactly(data_root, tmp_path, stop_after):
         np.testing.assert_allclose(ca["loss"][k], cb["loss"][k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     out = str(tmp_path / "nan")
     cfg = tiny_config(out, data_root, ["eval_every=0"])
@@ -121,7 +124,7 @@ def test_run_train_cli_missing_dataset_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "run", "train.py"), "--config",
                         os.path.join(ROOT, "configs", "demo.yaml"), f"data.path={missing}",
                         f"output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "no_such_dir" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "no_such_dir" in r.stderr, r.stderr[-2000:]  # a user error: exit code 2
     assert not os.path.exists(os.path.join(tmp_path, "out", "log.jsonl"))
 
 

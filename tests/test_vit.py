@@ -7,23 +7,18 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jhssl  # noqa: F401,E402
-import jittor as jt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import jhssl  # noqa: F401
+import jittor as jt
 
 from models import create_model, list_models  # noqa: E402
 from models import vit as vit_module  # noqa: E402,F401  (registers the ViT factories)
 from models.layers import DropPath, drop_path, resample_abs_pos_embed  # noqa: E402
 from models.vit import Attention, Block, VisionTransformer  # noqa: E402
-from tests.torch_reference import TorchViT, TorchViTBlock, copy_from_jittor  # noqa: E402
+from tests._torch import F, reference, torch  # noqa: E402  (torch loads only in the tests that use it)
 
-from jhssl.convert import reference_dir  # noqa: E402
+from jhssl.timm_reference import reference_dir  # noqa: E402
 
 REF_DIR = reference_dir()
-assert REF_DIR, "timm reference key lists not found: set JHSSL_TIMM_REFERENCE or put shared/ beside the repo"
 
 TIMM_VITS = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_small_patch8_224", "vit_base_patch16_224",
              "vit_base_patch8_224", "vit_large_patch16_224"]
@@ -36,7 +31,7 @@ DINO_VITS = {"vit_tiny": ({}, "vit_tiny_patch16_224"), "vit_small": ({}, "vit_sm
 def load_reference(name):
     path = os.path.join(REF_DIR, f"{name}.json")
     if not os.path.exists(path):
-        pytest.fail(f"timm reference {path} is missing (set JHSSL_TIMM_REF to its folder)")
+        pytest.fail(f"timm reference {path} is missing (shipped in jhssl/reference/timm; JHSSL_TIMM_REFERENCE overrides the folder)")
     with open(path) as f:
         return json.load(f)
 
@@ -63,7 +58,8 @@ def tiny_vit(**kw):
 def _seed():
     jt.set_global_seed(0)
     np.random.seed(0)
-    torch.manual_seed(0)
+    if "torch" in sys.modules:
+        torch.manual_seed(0)
 
 
 @pytest.mark.parametrize("name", TIMM_VITS)
@@ -194,8 +190,9 @@ def test_block_matches_independent_torch_reference():
     for p in block.state_dict().values():  # non-trivial norms and biases too
         p.assign(p + jt.randn(p.shape) * 0.1)
     block.eval()
-    ref = TorchViTBlock(32, 4)
-    copy_from_jittor(ref, block)
+    tref = reference()
+    ref = tref.TorchViTBlock(32, 4)
+    tref.copy_from_jittor(ref, block)
     x = np.random.randn(3, 17, 32).astype(np.float32)
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy()
@@ -208,8 +205,9 @@ def test_whole_vit_matches_torch_reference_with_mask_and_resized_grid(size):
     model = tiny_vit(use_mask_token=True)
     model.mask_token.assign(jt.randn(1, 1, 32))
     model.eval()
-    ref = TorchViT(32, 8, 32, 2, 4, mask_token=True)
-    copy_from_jittor(ref, model)
+    tref = reference()
+    ref = tref.TorchViT(32, 8, 32, 2, 4, mask_token=True)
+    tref.copy_from_jittor(ref, model)
     x = np.random.randn(2, 3, size, size).astype(np.float32)
     mask = np.random.rand(2, size // 8, size // 8) < 0.5
     ours = model.forward_features(jt.array(x), mask=jt.array(mask))

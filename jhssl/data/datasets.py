@@ -34,6 +34,7 @@ import jittor as jt
 from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 
+from jhssl.config import ConfigError
 from .masking import MaskGenerator, RandomPatchMask
 from .sources import FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, select_subset
 from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation
@@ -266,8 +267,8 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
         masks = None
     ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
     if len(src) < cfg.batch_size:
-        raise ValueError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
-                         f"than batch_size={cfg.batch_size}: no full batch can be formed")
+        raise ConfigError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
+                          f"than batch_size={cfg.batch_size}: no full batch can be formed")
     # Jittor's workers prefetch until their ring buffer (default 512 MB each) is full: size it
     # to hold about two batches of this rank, which bounds wasted look-ahead work on small CPUs
     # and still fits large ImageNet batches (one such batch may exceed the 512 MB default).
@@ -294,13 +295,24 @@ def _eval_paths(cfg):
     return (e.train_path or d.path, "train"), (e.val_path, "test")
 
 
-def build_eval_datasets(cfg):
-    """(train_ds, val_ds) for k-NN: resize + centre crop + normalize, with labels, in order."""
+def build_eval_datasets(cfg, ks=None):
+    """(train_ds, val_ds) for k-NN: resize + centre crop + normalize, with labels, in order.
+
+    ``ks``: the k a k-NN evaluation will use, checked against the number of labelled training images
+    now, before any compute (the trainer builds these before training); None: no check (the sets
+    serve something else, e.g. the search's held-out images)."""
     d, e = cfg.data, cfg.eval
     size = e.img_size or d.global_crop_size
     tf = EvalTransform(size, e.resize_size, d.mean, d.std)
     (tp, ts), (vp, vs) = _eval_paths(cfg)
     train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed)
+    # Checked here, before any training, not when the k-NN runs at the end.
+    ks = list(ks or [])
+    too_large = [k for k in ks if k > len(train_src)]
+    if too_large:
+        raise ConfigError(f"eval.knn_k={ks}: k={max(too_large)} exceeds the {len(train_src)} labelled "
+                          f"k-NN training images ({tp or d.path!r}, eval.train_subset={e.train_subset}); "
+                          f"lower eval.knn_k or use more images")
     val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed)
     if d.dataset == "folder" and list(train_src.classes) != list(val_src.classes):
         raise ValueError(f"k-NN train folder {tp!r} and val folder {vp!r} have different class folders")

@@ -14,13 +14,13 @@ swapped without touching them:
   ``cublas_batched_matmul`` op, with the same transpose flags) and Jittor's
   fused CUDA softmax.
 * Fast kernels off (``JHSSL_FAST_KERNELS=0`` or
-  ``jhssl.perf.set_fast_kernels(False)``), non-float32 inputs, or the custom
+  ``models.perf.set_fast_kernels(False)``), non-float32 inputs, or the custom
   op failed to build: plain Jittor ops, the reference path.
 """
-from jhssl import bootstrap  # noqa: F401  (sets Jittor's env before jittor is imported)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 
-from jhssl import perf
+from models import perf
 
 
 def _cpu_ops():

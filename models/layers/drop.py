@@ -1,5 +1,5 @@
 """Stochastic depth (drop path), per sample."""
-import jhssl  # noqa: F401  (Jittor's env must be set before jittor loads)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

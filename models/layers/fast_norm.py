@@ -1,15 +1,15 @@
 """LayerNorm over the last axis with a fused CPU kernel (drop-in for ``jittor.nn.LayerNorm``).
 
 Same parameters and keys (``weight``, ``bias``, shape (C,)), same initialisation and result as
-``jt.nn.LayerNorm(C, eps)``. On the CPU with fast kernels on (``jhssl.perf``) the forward pass and
+``jt.nn.LayerNorm(C, eps)``. On the CPU with fast kernels on (``models.perf``) the forward pass and
 its gradients are single-pass kernels (``kernels/cpu_layer_norm*_op.cc``); otherwise, or for
 non-float32 input, it is Jittor's own LayerNorm (the reference path; on CUDA Jittor fuses it well).
 """
-from jhssl import bootstrap  # noqa: F401  (sets Jittor's env before jittor is imported)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
-from jhssl import perf
+from models import perf
 
 
 def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float = 1e-5) -> jt.Var:

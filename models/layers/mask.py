@@ -1,7 +1,7 @@
 """iBOT-style masked image modelling: replace masked patch embeddings by a learnable token."""
 import numpy as np
 
-import jhssl  # noqa: F401
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 
 

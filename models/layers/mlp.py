@@ -1,5 +1,5 @@
 """Two-layer MLP used by the transformer blocks (keys ``fc1`` / ``fc2`` as timm)."""
-import jhssl  # noqa: F401
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 from jittor import nn
 
 

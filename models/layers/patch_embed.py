@@ -1,7 +1,7 @@
 """Image -> patch tokens, channels-last."""
 from typing import Tuple, Union
 
-import jhssl  # noqa: F401
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

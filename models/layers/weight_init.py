@@ -1,7 +1,7 @@
 """Weight initialisation helpers matching timm/DINO's schemes."""
 import math
 
-import jhssl  # noqa: F401
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 

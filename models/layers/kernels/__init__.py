@@ -12,7 +12,7 @@ import os
 import threading
 import warnings
 
-from jhssl import bootstrap  # noqa: F401  (sets Jittor's env before jittor is imported)
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,0 +1,76 @@
+"""Prepare Jittor's environment. Import this module before ``jittor``.
+
+Jittor reads its build switches from environment variables once, at import
+time, so they must be set before the first ``import jittor`` anywhere in the
+process. ``models/__init__`` imports this module first (so every ``import models...``
+and ``import jhssl``, which imports ``models.env`` through ``jhssl.bootstrap``,
+runs it); each module that imports jittor also imports it explicitly.
+
+What it does, and why:
+
+* ``nvcc_path``: Jittor turns CUDA on whenever it finds ``nvcc``. Machines
+  with the CUDA compiler but without a usable CUDA runtime/driver (CPU CI
+  images, login nodes) then crash at the first kernel. When no GPU is
+  visible we set ``nvcc_path=""`` so Jittor compiles C++ kernels for the CPU.
+* ``use_cutlass``: Jittor downloads cutlass at first CUDA use; no offline
+  archive exists for it (``jittor-offline`` ships oneDNN, cub, cutt and the
+  NCCL source, not cutlass), so offline GPU nodes need ``use_cutlass=0``.
+* oneDNN (``use_mkl``) stays on: with the ``jittor-offline`` wheel installed
+  Jittor unpacks the exact oneDNN archive it expects without network access.
+* MPI is on when ``mpicc`` exists (Jittor's own default); nothing to do here.
+* ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep instead of spinning while waiting, which
+  keeps shared or oversubscribed CPUs (MPI ranks on one node, CI) from collapsing.
+
+* ``log_silent=1``: Jittor prints a dozen ``[i ...]`` info lines (compiler, cache path, every
+  tool found) at import and at every compile; they hide a command's own output. They stay on
+  with ``JHSSL_VERBOSE=1`` or ``--verbose`` on the command line (read here because the lines
+  appear while jittor is imported, before any argument parser runs). Note that Jittor's
+  ``log_silent`` also mutes its warnings; errors still raise.
+
+Every variable is only *defaulted*: a value set by the user always wins.
+Set ``JHSSL_DEVICE=cpu`` to force the CPU path on a GPU machine.
+"""
+import os
+import shutil
+import sys
+
+_DONE = False
+
+
+def gpu_visible() -> bool:
+    """True when a CUDA driver and a GPU are visible to this process."""
+    if os.environ.get("JHSSL_DEVICE", "").lower() == "cpu":
+        return False
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if shutil.which("nvcc") is None and not os.environ.get("nvcc_path"):
+        return False
+    # /dev/nvidia0 (or nvidia-smi) shows a driver; nvcc alone does not.
+    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+
+
+def setup_env() -> None:
+    global _DONE
+    if _DONE:
+        return
+    _DONE = True
+    if not gpu_visible():
+        os.environ["nvcc_path"] = ""
+    else:
+        os.environ.setdefault("use_cutlass", "0")
+    os.environ.setdefault("use_mkl", "1")
+    # oneDNN (Jittor) and MKL (torch) use GNU OpenMP, whose default spin-waiting collapses when
+    # other processes share the cores (measured: ViT-T/4 step 7.5 s -> 3.0 s on a loaded 2-core
+    # machine with PASSIVE). Must be set before the OpenMP runtime loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("log_silent", "0" if verbose() else "1")
+
+
+def verbose() -> bool:
+    """``JHSSL_VERBOSE=1`` or ``--verbose`` among the command-line arguments."""
+    if os.environ.get("JHSSL_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return "--verbose" in sys.argv[1:]
+
+
+setup_env()
