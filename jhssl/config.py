@@ -111,6 +111,16 @@ def _pair_positive(v):
         return "must be [min, max] with 0 < min <= max"
 
 
+def _adam_betas(v):
+    if len(v) != 2 or not all(0.0 <= b < 1.0 for b in v):
+        return "must be [beta1, beta2] with 0 <= beta < 1"
+
+
+def _mask_ratio(v):
+    if not 0.0 <= v < 1.0:
+        return "must be in [0, 1) (MAE's encoder needs a visible patch)"
+
+
 def _triple(v):
     if len(v) != 3:
         return "must have 3 values (one per RGB channel)"
@@ -121,7 +131,7 @@ def _triple(v):
 # where the default is a float) or an F(...) for unions, nullables, choices and ranges.
 # A section declared with NULLABLE_SECTIONS may be set to null as a whole (``hssl: null``).
 SCHEMA: dict = {
-    # A registered method (jhssl.methods.registry): ibot, dino, mocov3. HSSL wraps any of them
+    # A registered method (jhssl.methods.registry): ibot, dino, mocov3, mae. HSSL wraps any of them
     # (paper Sec. 4 "we follow its official implementation").
     "method": F("ibot", choices=method_names()),
     "output_dir": "output",
@@ -196,6 +206,18 @@ SCHEMA: dict = {
         "clip_grad": F(3.0, check=_non_negative),  # paper App. B ViT-S/16 (0 disables)
         "freeze_last_layer": F(1, check=_non_negative),  # main_ibot.py default (epochs)
         "momentum_teacher": F(0.996, check=_in_unit_interval),  # cosine 0.996 -> 1
+        "betas": F([0.9, 0.999], elem=float, check=_adam_betas),  # AdamW betas (DINO/iBOT: torch default; MAE: 0.95)
+    },
+
+    # method: mae (facebookresearch/mae; decoder sizes of its ViT-B/L/H models)
+    "mae": {
+        "mask_ratio": F(0.75, check=_mask_ratio),      # MAE: 75 % of the patches masked
+        "norm_pix_loss": True,                          # MAE's recipe: per-patch normalised pixel targets
+        "decoder_embed_dim": F(512, check=_positive),   # MAE ViT-B/L/H: width 512
+        "decoder_depth": F(8, check=_positive),         # 8 blocks
+        "decoder_num_heads": F(16, check=_positive),    # 16 heads
+        "init_from": F(None, types=str, nullable=True,
+                       doc="zoo name or weights file for the base encoder (decoders and head start fresh)"),
     },
 
     "loss": {

@@ -193,6 +193,8 @@ def load_eval_network(checkpoint, which: str = "teacher", overrides: list[str] |
         ckpt = weights_io.load_checkpoint(checkpoint, trusted=trusted)
     else:
         ckpt = checkpoint
+    if isinstance(ckpt, dict) and which == "teacher" and ckpt.get("teacher", 0) is None and ckpt.get("student"):
+        which = "student"  # a method without an EMA teacher (MAE): the student is the model
     if not isinstance(ckpt, dict) or "config" not in ckpt or which not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"not a jhssl training checkpoint: need 'config' and '{which}' entries, found {keys}")

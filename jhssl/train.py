@@ -57,6 +57,7 @@ def _loss_state(loss):
 
 
 def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
+    # a method without an EMA teacher (MAE) stores teacher None
     return {
         "student": ckpt_lib.to_numpy_state(method.student),
         "teacher": ckpt_lib.to_numpy_state(method.teacher) if method.teacher is not None else None,
@@ -156,7 +157,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
         method = build_model(cfg)
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
-    optimizer = AdamW(method.param_groups(), lr=0.0)
+    optimizer = AdamW(method.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas))
     precision = Precision.from_config(cfg, device == "cuda")
     precision.attach(optimizer)
     accum = int(cfg.grad_accum)
@@ -317,8 +318,14 @@ def _knn_and_log(cfg, method, logger, epoch, it, log, eval_sets=None):
     from jhssl.knn import format_knn
     res = run_knn(cfg, method, log=log if dist.is_main() else None, datasets=eval_sets)
     if dist.is_main():
-        log(format_knn(res, cfg.eval.knn_t, what=f"teacher {cfg.eval.features}, epoch {epoch}"))
+        log(format_knn(res, cfg.eval.knn_t, what=f"{'teacher' if method.teacher is not None else 'student'} "
+                                                   f"{cfg.eval.features}, epoch {epoch}"))
         logger.write({"type": "knn", "epoch": epoch, "iteration": it, "time": time.time(),
                       **{f"top1_k{k}": r["top1"] for k, r in res.items()},
                       **{f"top5_k{k}": r["top5"] for k, r in res.items()}})
+        if hasattr(method, "write_reconstruction_png") and eval_sets is not None:  # MAE: input/masked/recon
+            val = eval_sets[1]
+            images = np.stack([val[i][0] for i in range(min(8, val.total_len))])
+            method.write_reconstruction_png(os.path.join(cfg.output_dir, f"reconstruction_{epoch:04d}.png"),
+                                            images, cfg.data.mean, cfg.data.std)
     return res

@@ -6,6 +6,7 @@
   is resampled bicubically to the input's grid, the CLS part is kept (DINO).
 * iBOT masking: with ``use_mask_token=True`` a learnable ``mask_token`` (1, 1, C)
   replaces masked patch embeddings before the position embedding is added.
+* MAE: :meth:`VisionTransformer.forward_visible` runs the blocks on the visible patches only.
 """
 from typing import Optional
 
@@ -144,6 +145,28 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: jt.Var, mask=None) -> dict:
         x, (h, w) = self.prepare_tokens(x, mask)
+        for blk in self.blocks:
+            x = blk(x)
+        normed = self.norm(x)
+        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+
+    def forward_visible(self, x: jt.Var, keep_rows: jt.Var, num_keep: int) -> dict:
+        """MAE's encoder: the blocks see the CLS token and the visible patches only.
+
+        ``keep_rows``: (B * num_keep,) int32 rows of the flattened (B * N) patch tokens to keep,
+        image-major (image b's rows are ``b * N + i``); every image keeps ``num_keep`` patches.
+        Position embeddings are added before the patches are dropped (MAE ``forward_encoder``), so
+        the order of the kept rows does not matter. Returns ``forward_features``'s dict with
+        ``patch`` / ``head_input`` holding the (B, num_keep, C) visible tokens only.
+        """
+        tokens, (h, w) = self.patch_embed(x)
+        B, C = tokens.shape[0], self.embed_dim
+        pos = self._pos_embed((h, w))
+        tokens = tokens.reshape(B, h * w, C) + pos[:, 1:]
+        if tuple(keep_rows.shape) != (B * num_keep,):
+            raise ValueError(f"keep_rows must hold {B} x {num_keep} rows, got shape {tuple(keep_rows.shape)}")
+        visible = tokens.reshape(B * h * w, C)[keep_rows].reshape(B, num_keep, C)
+        x = jt.concat([(self.cls_token + pos[:, :1]).broadcast((B, 1, C)), visible], dim=1)
         for blk in self.blocks:
             x = blk(x)
         normed = self.norm(x)

@@ -35,10 +35,10 @@ from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 
 from jhssl.config import ConfigError
-from .masking import MaskGenerator
+from .masking import MaskGenerator, RandomPatchMask
 from .sources import (FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, read_class_list,
                       select_subset)
-from .transforms import EvalTransform, MultiCropAugmentation
+from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation
 
 __all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
            "build_eval_datasets", "collate_pretrain"]
@@ -260,11 +260,19 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     views = method_spec(cfg.method).views  # what the method takes: views, local crops, masks
     n_local = d.local_crops_number if views.local_crops else 0
     src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed, d.class_list)
-    transform = MultiCropAugmentation.from_config(d, n_global=views.n_global, local_crops_number=n_local)
+    if views.augment == "crop_flip":  # MAE: one crop + flip, no colour augmentation
+        transform = CropFlipAugmentation.from_config(d)
+    else:
+        transform = MultiCropAugmentation.from_config(d, n_global=views.n_global, local_crops_number=n_local)
     from jhssl.base_models import mask_patch_size
     # iBOT's block masks follow the base's mask grid (Swin: its last stage, patch_size x 8)
     mask_px = mask_patch_size(cfg) if views.masks == "block" else cfg.model.patch_size
-    masks = MaskGenerator.from_config(cfg.mask, mask_px) if views.masks == "block" else None
+    if views.masks == "block":
+        masks = MaskGenerator.from_config(cfg.mask, mask_px)
+    elif views.masks == "random":  # MAE's per-image shuffle, drawn per sample: MPI/resume exact
+        masks = RandomPatchMask(cfg.model.patch_size, cfg.mae.mask_ratio)
+    else:
+        masks = None
     ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
     if len(src) < cfg.batch_size:
         raise ConfigError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "

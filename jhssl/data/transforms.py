@@ -159,6 +159,33 @@ class MultiCropAugmentation:
         return [self._view(img, rng, *v, trace) for v in self.views]
 
 
+class CropFlipAugmentation:
+    """MAE's pretraining view: RandomResizedCrop (bicubic) + horizontal flip + normalize, one view
+    per image (main_pretrain.py: scale (0.2, 1.0), no colour augmentation)."""
+
+    n_global = 1
+    num_crops = 1
+
+    def __init__(self, crop_size=224, scale=(0.2, 1.0), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        self.crop_size, self.scale = int(crop_size), tuple(scale)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @classmethod
+    def from_config(cls, data_cfg):
+        return cls(data_cfg.global_crop_size, data_cfg.global_crops_scale, data_cfg.mean, data_cfg.std)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator, trace: list | None = None):
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img = random_resized_crop(img, self.crop_size, self.scale, rng)
+        flip = rng.random() < 0.5
+        if flip:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if trace is not None:
+            trace.append({"flip": flip})
+        return [to_normalized_array(img, self.mean, self.std)]
+
+
 class EvalTransform:
     """Resize the shorter side to ``resize_size`` (bicubic), centre-crop ``img_size``, normalize."""
 

@@ -24,12 +24,15 @@ class Views:
     ``n_global``: global views (DINO/iBOT/MoCo v3: 2; MAE: 1). ``local_crops``: whether
     ``data.local_crops_number`` small crops are added (multi-crop). ``masks``: the mask generator
     the data loader draws per global view: ``"block"`` (iBOT's blockwise masks, ``mask.*`` keys)
-    or None (no masks from the loader; a method that masks inside its model, as MAE's random 75 %
-    per-sample shuffle does, draws them itself).
+    ``"random"`` (MAE's per-image random shuffle with an exact masked count, ``mae.mask_ratio``;
+    drawn by the loader from each sample's seeded generator, so ranks and resumed runs agree),
+    or None (no masks). ``augment``: ``"multicrop"`` (DINO's colour/blur/solarize views) or
+    ``"crop_flip"`` (MAE: RandomResizedCrop + flip only).
     """
     n_global: int = 2
     local_crops: bool = True
     masks: Optional[str] = None
+    augment: str = "multicrop"
 
 
 # Config keys of the self-distillation family (DINO and iBOT). DINO's recipes inherit iBOT's
@@ -81,6 +84,12 @@ SPECS: Dict[str, MethodSpec] = {s.name: s for s in (
                        "MoCo v3 has no prototypes (its outputs are compared by similarity within a batch), and "
                        "the paper defines the search for DINO/iBOT only: use method=ibot or method=dino"),
                summary="MoCo v3: contrastive (InfoNCE) between online predictions and momentum keys, two views"),
+    MethodSpec("mae", "jhssl.methods.mae", Views(1, False, "random", augment="crop_flip"), ema_teacher=False,
+               keys=frozenset({"mae"}),
+               search=("the head search ranks heads by D = KL between the teacher's prototype distributions "
+                       "(Eq. 8) and trains Eq. 6 with a self-distillation loss per candidate; MAE has no "
+                       "teacher and no prototypes: use method=ibot or method=dino"),
+               summary="MAE: masked autoencoder (75 % random masks, visible-only encoder, pixel decoder)"),
 )}
 
 
