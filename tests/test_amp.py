@@ -156,14 +156,16 @@ def test_teacher_keeps_moving_at_momentum_0_9999():
     cfg = tiny_config(extra=["amp=true", "method=dino", "hssl=null"])
     method = build_model(cfg)
     opt = AdamW(param_groups(method.student), lr=1e-3)
-    amp.Precision("float16", amp.LossScaler(init_scale=2.0 ** 8)).attach(opt)
+    # min_scale below 1: how far the scale must back off depends on the random initialisation
+    # (seen: scale 1 fitted on one revision, 1/2 needed on another); the test is about the teacher
+    amp.Precision("float16", amp.LossScaler(init_scale=2.0 ** 8, min_scale=2.0 ** -16)).attach(opt)
     t0 = {n: p.numpy().copy() for n, p in method.teacher.named_parameters()}
     rng = np.random.default_rng(0)
     crops = [jt.array(rng.standard_normal((2, 3, 16, 16)).astype(np.float32)) for _ in range(2)] + \
         [jt.array(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))]
     # gradients here reach ~1e3 (teacher temperature 0.04, untrained net): at scale 256 the fp16
     # backward overflows, the scaler skips those steps and halves until the step fits
-    for attempt in range(8):
+    for attempt in range(24):
         with amp.autocast("float16"):
             parts = method.compute_loss(crops, None, 0)
         assert str(parts["loss"].dtype) == "float32" and np.isfinite(parts["loss"].item())
