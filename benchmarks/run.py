@@ -221,28 +221,33 @@ def worker_ssl(spec):
         except ImportError as exc:
             return {"unavailable": f"jhssl.methods not available yet: {exc}"}
         heads = spec["heads"]
+        name = spec.get("method", "ibot")
         overrides = [f"model.arch={spec['arch']}", f"model.patch_size={spec['patch']}",
-                     f"data.global_crop_size={spec['global']}", f"data.local_crop_size={spec['local']}",
-                     f"data.local_crops_number={spec['n_local']}", f"batch_size={spec['batch']}",
-                     "model.drop_path_rate=0.0", "method=ibot"]
-        overrides += ["hssl=null"] if not heads else [f"hssl.heads=[{','.join(heads)}]", f"hssl.depth={spec['depth']}",
-                                                      f"hssl.patch_level={spec.get('patch_level', 'head')}"]
+                     f"data.global_crop_size={spec['global']}", f"batch_size={spec['batch']}",
+                     "model.drop_path_rate=0.0", f"method={name}"]
+        if name == "mocov3":  # two views (no multi-crop, Table VI(b)), no masks, the official projector sizes
+            crops_np, masks_np = crops_np[:2], []
+        else:
+            overrides += [f"data.local_crop_size={spec['local']}", f"data.local_crops_number={spec['n_local']}"]
+        overrides += ["hssl=null"] if not heads else [f"hssl.heads=[{','.join(heads)}]", f"hssl.depth={spec['depth']}"]
+        if heads and name == "ibot":
+            overrides.append(f"hssl.patch_level={spec.get('patch_level', 'head')}")
         cfg = load_config(None, overrides)
         if spec.get("search"):  # the quick search: candidates in parallel, own projections each (Eqs. 6-7)
             from jhssl.search import build_search
             method = build_search(cfg)
         else:
             method = build_model(cfg)
-        from jhssl.optim import AdamW, param_groups
-        opt = AdamW(param_groups(method.student), lr=5e-4, weight_decay=0.04)  # what jhssl.train uses
+        from jhssl.optim import AdamW
+        opt = AdamW(method.param_groups(), lr=5e-4, weight_decay=0.04)  # what jhssl.train uses
         crops = [jt.array(c) for c in crops_np]
-        masks = [jt.array(m) for m in masks_np]
+        masks = [jt.array(m) for m in masks_np] or None
         rss_built = _peak_rss_mb()
 
         def step():
             parts = method.compute_loss(crops, masks, 0)
             opt.step(parts["loss"])
-            method.ema_update(0.996)
+            method.ema_update(0.99 if name == "mocov3" else 0.996)
 
         r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
         r["n_params"] = sum(p.numel() for g in opt.param_groups for p in g["params"])
@@ -273,6 +278,9 @@ WORKERS = {"gemm": worker_gemm, "attention": worker_attention, "layernorm": work
 def worker_main(spec_json):
     spec = json.loads(spec_json)
     try:
+        from jhssl.device import use_device
+        # --device via JHSSL_DEVICE; cpu by default: these rows compare against torch on the CPU
+        use_device(os.environ.get("JHSSL_DEVICE", "cpu"))
         res = WORKERS[spec["kind"]](spec)
     except Exception as exc:  # reported as a row, the suite goes on
         res = {"error": f"{type(exc).__name__}: {exc}"}
@@ -371,6 +379,10 @@ def plan(quick):
     search = dict(ssl, framework="jittor", depth=1, search=True, patch_level="none")
     P.append(("ssl", "search-1head jittor", dict(search, heads=["convnext"])))
     P.append(("ssl", "search-6heads jittor", dict(search, heads=SIX_HEADS)))
+    # MoCo v3 (+ HSSL, Eq. 11): two views of the same size, the official projector/predictor sizes
+    P.append(("ssl", "mocov3 baseline jittor", dict(ssl, framework="jittor", heads=[], method="mocov3")))
+    P.append(("ssl", "mocov3 hssl-convnext jittor", dict(ssl, framework="jittor", heads=["convnext"],
+                                                          method="mocov3")))
     P.append(("ssl", "baseline torch", dict(ssl, framework="torch", heads=[])))
     P.append(("ssl", "hssl-convnext torch", dict(ssl, framework="torch", heads=["convnext"])))
     batches = [16, 64] if quick else [8, 16, 32, 64, 128]
@@ -465,6 +477,10 @@ def summarize(results, meta):
         "hssl_image_level_only_over_baseline_step": (
             _ratio(get("hssl-convnext jittor, image level only", "median_s"), base_t), "", "paper Tab. XIX setting"),
         "six_head_search_over_one_head_step": (_ratio(search6_t, search1_t), "<= 1.2", "1.4"),
+        "mocov3_hssl_over_baseline_step": (_ratio(get("mocov3 hssl-convnext jittor", "median_s"),
+                                                  get("mocov3 baseline jittor", "median_s")), "", "MoCo v3, Eq. 11"),
+        "mocov3_hssl_over_baseline_peak_rss": (_ratio(get("mocov3 hssl-convnext jittor", "peak_rss_mb"),
+                                                      get("mocov3 baseline jittor", "peak_rss_mb")), "", ""),
         "jittor_over_torch_hssl_throughput": (_ratio(torch_hssl_t, hssl_t), ">= 1.2", "1.0"),
         "hssl_step_flops_over_gemm_peak": (_ratio(flops / hssl_t / 1e9 if flops and hssl_t else None, gemm_peak),
                                            ">= 0.60", "torch 0.45 to 0.60"),
@@ -516,7 +532,8 @@ def summarize(results, meta):
            "| config | step s | peak RSS MB | RSS after build MB | note |", "|---|---|---|---|---|"]
     for label in ("baseline jittor", "hssl-convnext jittor", "hssl-convnext jittor, every token projected",
                   "hssl-convnext jittor, image level only",
-                  "search-1head jittor", "search-6heads jittor", "baseline torch", "hssl-convnext torch"):
+                  "search-1head jittor", "search-6heads jittor", "mocov3 baseline jittor", "mocov3 hssl-convnext jittor",
+                  "baseline torch", "hssl-convnext torch"):
         r = R.get(label, {})
         note = r.get("unavailable") or r.get("error") or ""
         md.append(f"| {label} | {_fmt(r.get('median_s'), 3)} | {_fmt(r.get('peak_rss_mb'), 0)} | "
@@ -551,10 +568,15 @@ def main(argv=None):
                     help="OMP_WAIT_POLICY for every worker, Jittor and torch alike (default PASSIVE)")
     ap.add_argument("--render", default=None, metavar="JSON",
                     help="re-write the markdown report of a results JSON written by this script, measuring nothing")
+    ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                    help="device of every worker (JHSSL_DEVICE; default: that variable, else cpu; "
+                         "the GPU benchmark is benchmarks/gpu.py)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return worker_main(args.worker)
+    if args.device:
+        os.environ["JHSSL_DEVICE"] = args.device  # read by each worker's bootstrap and worker_main
     if args.render:
         with open(args.render) as f:
             saved = json.load(f)

@@ -28,6 +28,8 @@ import yaml
 
 from jhssl.fileio import atomic_write_text
 from jhssl.errors import UserError
+from jhssl.methods.registry import foreign_keys, method_names
+from jhssl.methods.registry import method_spec as _method_spec
 
 __all__ = [
     "ConfigError", "Config", "F", "SCHEMA", "HEAD_ARCHS", "load_config", "config_from_dict",
@@ -109,6 +111,16 @@ def _pair_positive(v):
         return "must be [min, max] with 0 < min <= max"
 
 
+def _adam_betas(v):
+    if len(v) != 2 or not all(0.0 <= b < 1.0 for b in v):
+        return "must be [beta1, beta2] with 0 <= beta < 1"
+
+
+def _mask_ratio(v):
+    if not 0.0 <= v < 1.0:
+        return "must be in [0, 1) (MAE's encoder needs a visible patch)"
+
+
 def _triple(v):
     if len(v) != 3:
         return "must have 3 values (one per RGB channel)"
@@ -119,8 +131,9 @@ def _triple(v):
 # where the default is a float) or an F(...) for unions, nullables, choices and ranges.
 # A section declared with NULLABLE_SECTIONS may be set to null as a whole (``hssl: null``).
 SCHEMA: dict = {
-    # iBOT|DINO. HSSL wraps either (paper Sec. 4 "we follow its official implementation").
-    "method": F("ibot", choices=("ibot", "dino")),
+    # A registered method (jhssl.methods.registry): ibot, dino, mocov3, mae. HSSL wraps any of them
+    # (paper Sec. 4 "we follow its official implementation").
+    "method": F("ibot", choices=method_names()),
     "output_dir": "output",
     "epochs": F(100, check=_positive),           # paper App. B: 100 epochs (ViT-S/16)
     "seed": 0,                                     # main_ibot.py default
@@ -133,7 +146,8 @@ SCHEMA: dict = {
                 doc="'auto' (latest checkpoint in output_dir), a checkpoint path, or null/'none'"),
     "log_freq": F(10, check=_positive),            # iterations between JSON log lines
     "eval_every": F(0, check=_non_negative),       # k-NN every N epochs (0: only at the end)
-    "amp": False,                                  # jt.flags.auto_mixed_precision_level on GPU
+    "amp": False,                                  # mixed precision on GPU (jhssl.amp; fp32 master weights)
+    "amp_dtype": F("auto", choices=("auto", "bfloat16", "float16")),  # auto: bf16 on compute capability >= 8
     "grad_accum": F(1, check=_positive),
     "device": F("auto", choices=("auto", "cpu", "cuda")),
 
@@ -165,6 +179,20 @@ SCHEMA: dict = {
                          doc="patch target: teacher head tokens (paper) or teacher base tokens (authors' code, Table 20)"),
         "separate_proj": True,                     # Table 18: separate projection MLPs for base and head
         "shared_prototypes": False,                # separate last layers unless asked
+        # Eq. 1 sums L(z1h, z2b) + L(z1h, z2h); the authors' main_hssl.py weights each CLS term 0.5
+        "average_cls_terms": False,
+        # Ablation switches (paper Sec. 5); the defaults are the method of the paper.
+        "supervision": F("heterogeneous", choices=("heterogeneous", "head_only", "separate"),
+                         doc="Table XIV: heterogeneous = A->A + A->B (teacher head supervises student "
+                             "base and head), head_only = A->A, separate = A->A + B->B"),
+        "head_structure": F("full", choices=("full", "token_mixer", "mlp"),
+                            doc="Table XV (ConvNext head): the whole block, its token mixer only, its MLP only"),
+        "connection": F("serial", choices=("serial", "parallel", "deep_to_shallow"),
+                        doc="serial: head on the base's tokens (paper); parallel: a whole ConvNeXt-T on "
+                            "the images (Table XVII); deep_to_shallow: the base's own block "
+                            "hssl.shallow_block supervised by its last layer, no head (Table XIX, DTS)"),
+        "shallow_block": F(8, check=_non_negative,
+                           doc="deep_to_shallow: index of the base block whose tokens are supervised"),
     },
 
     "optim": {
@@ -178,6 +206,18 @@ SCHEMA: dict = {
         "clip_grad": F(3.0, check=_non_negative),  # paper App. B ViT-S/16 (0 disables)
         "freeze_last_layer": F(1, check=_non_negative),  # main_ibot.py default (epochs)
         "momentum_teacher": F(0.996, check=_in_unit_interval),  # cosine 0.996 -> 1
+        "betas": F([0.9, 0.999], elem=float, check=_adam_betas),  # AdamW betas (DINO/iBOT: torch default; MAE: 0.95)
+    },
+
+    # method: mae (facebookresearch/mae; decoder sizes of its ViT-B/L/H models)
+    "mae": {
+        "mask_ratio": F(0.75, check=_mask_ratio),      # MAE: 75 % of the patches masked
+        "norm_pix_loss": True,                          # MAE's recipe: per-patch normalised pixel targets
+        "decoder_embed_dim": F(512, check=_positive),   # MAE ViT-B/L/H: width 512
+        "decoder_depth": F(8, check=_positive),         # 8 blocks
+        "decoder_num_heads": F(16, check=_positive),    # 16 heads
+        "init_from": F(None, types=str, nullable=True,
+                       doc="zoo name or weights file for the base encoder (decoders and head start fresh)"),
     },
 
     "loss": {
@@ -192,12 +232,30 @@ SCHEMA: dict = {
         "lambda2": F(1.0, check=_non_negative),                  # weight of masked-patch terms (iBOT)
     },
 
+    # MoCo v3 (method: mocov3). Defaults: the official ViT recipe (facebookresearch/moco-v3, CONFIG.md
+    # ViT-Small: --moco-m-cos --moco-t=.2 --stop-grad-conv1; builder.py: 3-layer projector and 2-layer
+    # predictor, hidden 4096, out 256, BN after every layer (the last one without affine)).
+    "mocov3": {
+        "proj_hidden_dim": F(4096, check=_positive),
+        "proj_dim": F(256, check=_positive),
+        "pred_hidden_dim": F(4096, check=_positive),
+        "temperature": F(0.2, check=_positive),     # paper App. D / official --moco-t .2 (ViT)
+        # Negatives: "batch" (MoCo v3: the other keys of the global batch, gathered over ranks),
+        # "queue" (a FIFO memory bank of past keys, the paper's wording, MoCo v1/v2), or both.
+        "negatives": F("batch", choices=("batch", "queue", "batch+queue")),
+        "queue_size": F(0, check=_non_negative),     # keys in the FIFO; a multiple of batch_size
+        "freeze_patch_embed": True,                  # official --stop-grad-conv1: random patch projection
+    },
+
     "data": {
         "dataset": F("folder", choices=("folder", "fashion_mnist")),
         "path": F(None, types=str, nullable=True,
                   doc="folder: root/class/img; fashion_mnist: directory with the IDX files"),
         "split": F("train", choices=("train", "test")),  # fashion_mnist split for pretraining
         "subset": F(1.0, check=_in_unit_interval),  # fraction per class, chosen by seed
+        # folder datasets: a text file of class folder names (WordNet ids, one per line) to keep,
+        # e.g. the ImageNet-S300 / S50 class lists of the paper's ablations; applies to k-NN too
+        "class_list": F(None, types=str, nullable=True, doc="null: every class folder"),
         "global_crops_scale": F([0.25, 1.0], elem=float, check=_scale_pair),   # paper App. B ViT-S/16
         "local_crops_scale": F([0.05, 0.25], elem=float, check=_scale_pair),   # paper App. B ViT-S/16
         "local_crops_number": F(10, check=_non_negative),                      # paper App. B
@@ -391,8 +449,54 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"config key 'eval.knn_k' must be a non-empty list of positive ints, got {cfg.eval.knn_k}")
     if cfg.hssl is not None and not cfg.hssl.heads:
         raise ConfigError("config key 'hssl.heads' may not be empty (use hssl=null for the baseline)")
+    h = cfg.hssl
+    if h is not None and h.head_structure != "full" and list(h.heads) != ["convnext"]:
+        raise ConfigError(f"config key 'hssl.head_structure' = {h.head_structure!r} is the ConvNext head's "
+                          f"ablation (Table XV): set hssl.heads=[convnext], got {h.heads}")
+    patch_terms = _method_spec(cfg.method).views.masks == "block"  # iBOT's masked patch terms
+    if h is not None and h.connection == "parallel" and patch_terms and h.patch_level == "head":
+        raise ConfigError("config key 'hssl.connection' = 'parallel': the parallel ConvNeXt-T has its own "
+                          "token grid, so its patch tokens cannot supervise the base's; set "
+                          "hssl.patch_level=base or none (or method=dino)")
+    if h is not None and h.connection != "serial" and h.supervision != "heterogeneous":
+        raise ConfigError(f"config keys 'hssl.supervision' = {h.supervision!r} and 'hssl.connection' = "
+                          f"{h.connection!r}: the supervision ablation (Table XIV) is for the serial head")
     if cfg.resume is not None and cfg.resume.lower() == "none":
         cfg.resume = None
+    if cfg.method == "mocov3":
+        mo = cfg.mocov3
+        if "queue" in mo.negatives:
+            if mo.queue_size <= 0 or mo.queue_size % cfg.batch_size:
+                raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} must be a positive multiple "
+                                  f"of batch_size = {cfg.batch_size} with mocov3.negatives={mo.negatives} (each "
+                                  f"step enqueues whole global batches of keys)")
+        elif mo.queue_size:
+            raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} is set but mocov3.negatives="
+                              f"{mo.negatives} uses no queue: set mocov3.negatives=queue or batch+queue")
+
+
+def _non_default_keys(values: dict, schema: dict, prefix: str = "") -> list:
+    """Dotted keys of ``values`` (a validated section) whose value differs from the schema default."""
+    out = []
+    for k, spec in schema.items():
+        key = f"{prefix}.{k}" if prefix else k
+        v = values.get(k) if values is not None else None
+        if isinstance(spec, dict):
+            if v is not None:
+                out += _non_default_keys(v, spec, key)
+        elif v != _validate_leaf(key, copy.deepcopy(_leaf(spec).default), _leaf(spec)):
+            out.append(key)
+    return out
+
+
+def _check_method_keys(cfg: Config) -> None:
+    """Keys another method owns (jhssl.methods.registry), set for this one: an error naming both."""
+    bad = foreign_keys(cfg.method, _non_default_keys(cfg, SCHEMA))
+    if bad:
+        owners = sorted({o for v in bad.values() for o in v})
+        raise ConfigError(f"config key{'s' if len(bad) > 1 else ''} {', '.join(repr(k) for k in bad)} "
+                          f"{'are' if len(bad) > 1 else 'is'} not read by method '{cfg.method}' (only by "
+                          f"{', '.join(owners)}): remove {'them' if len(bad) > 1 else 'it'}")
 
 
 def _drop_unknown(d: dict, schema: dict, prefix: str, dropped: list) -> dict:
@@ -422,6 +526,7 @@ def config_from_dict(d: dict, strict: bool = True) -> Config:
             import warnings
             warnings.warn(f"ignoring config keys unknown to this version: {', '.join(dropped)}", stacklevel=2)
     cfg = _validate_section("", d, SCHEMA)
+    _check_method_keys(cfg)
     _cross_checks(cfg)
     return cfg
 
@@ -491,11 +596,12 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
     return out
 
 
-def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
-    """Apply dotted overrides to a raw (unvalidated) nested dict."""
+def apply_overrides(data: dict, overrides: Iterable[str], schema: dict | None = None) -> dict:
+    """Apply dotted overrides to a raw (unvalidated) nested dict (``schema``: default the training one)."""
     data = copy.deepcopy(data)
+    top = SCHEMA if schema is None else schema
     for parts, value in parse_overrides(overrides):
-        node, schema = data, SCHEMA
+        node, schema = data, top
         for i, p in enumerate(parts[:-1]):
             dotted = ".".join(parts[:i + 1])
             sub_schema = schema.get(p) if isinstance(schema, dict) else None

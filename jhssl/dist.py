@@ -37,7 +37,7 @@ import numpy as np
 import jittor as jt
 
 __all__ = ["world_size", "rank", "is_main", "in_mpi", "all_reduce_mean", "all_reduce_sum", "all_reduce_np",
-           "all_gather_rows", "broadcast_np", "broadcast_object", "broadcast_module", "sync_initial_state",
+           "all_gather_rows", "all_gather_var", "broadcast_np", "broadcast_object", "broadcast_module", "sync_initial_state",
            "barrier", "check_batch_size", "install_failure_handler", "exit_process", "max_divergence"]
 
 
@@ -124,6 +124,21 @@ def all_gather_rows(arr) -> np.ndarray:
     return out.astype(arr.dtype) if arr.dtype != np.bool_ else out.astype(bool)
 
 
+def all_gather_var(var):
+    """Every rank's rows of ``var`` concatenated in rank order, inside the graph (MoCo's keys).
+
+    All ranks must pass the same shape. Each rank places its rows in a zero buffer and one
+    all-reduce 'add' fills the rest (exact). No gradient flows back to the other ranks: use it
+    on stop-grad values (as torch's ``concat_all_gather``)."""
+    if not jt.in_mpi:
+        return var
+    n, r, rows = world_size(), rank(), var.shape[0]
+    tail = tuple(var.shape[1:])
+    pieces = ([jt.zeros((r * rows,) + tail, var.dtype)] if r else []) + [var.detach()] \
+        + ([jt.zeros(((n - 1 - r) * rows,) + tail, var.dtype)] if r < n - 1 else [])
+    return jt.concat(pieces, dim=0).mpi_all_reduce("add").stop_grad()
+
+
 def broadcast_np(arr, root: int = 0) -> np.ndarray:
     """Rank ``root``'s array on every rank (float64; the shape must agree on all ranks)."""
     x = _as_float64(arr)
@@ -178,7 +193,7 @@ def broadcast_module(module, root: int = 0):
 def sync_initial_state(method, root: int = 0):
     """Identical start on every rank: student, teacher and loss state (centers) from ``root``.
     Call after building the method (and before resuming, which then loads the same file)."""
-    mods = (method.student, method.teacher, method.loss)
+    mods = method.synced_modules()
     # Materialise the lazy initialisation in one graph first, with or without MPI: Jittor draws
     # random numbers when an op runs, so running the init ops one broadcast at a time would draw
     # them in another order than a single process does (ranks would agree with each other but

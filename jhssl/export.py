@@ -58,6 +58,9 @@ def extract_base(obj: Any, which: str = "teacher",
     a DINO/iBOT release, or a plain state dict."""
     report = report if report is not None else convert.ConversionReport()
     obj = weights_io.to_numpy_tree(obj)
+    if isinstance(obj, Mapping) and obj.get("teacher", 0) is None and isinstance(obj.get("student"), Mapping):
+        which = "student"  # a method without an EMA teacher (MAE): the student is the model
+        report.source.append("no teacher in the checkpoint (MAE): exported the student")
     if isinstance(obj, Mapping) and which in obj and isinstance(obj[which], Mapping):
         sd = convert.unwrap(obj, which, report)
     elif isinstance(obj, Mapping) and any(w in obj for w in ("teacher", "student")):
@@ -72,7 +75,8 @@ def extract_base(obj: Any, which: str = "teacher",
     out: Dict[str, np.ndarray] = OrderedDict()
     for k, v in sd.items():
         if has_backbone and not k.startswith("backbone."):
-            report.dropped[k] = "auxiliary head" if k.startswith("aux_head.") else "projection head"
+            report.dropped[k] = ("auxiliary head" if k.startswith("aux_head.") else
+                                 "MAE decoder" if "decoder" in k or k == "aux_mask_token" else "projection head")
             continue
         key = k[len("backbone."):] if has_backbone else k
         if key in ("mask_token", "masked_embed"):

@@ -170,7 +170,8 @@ def feature_fn(network, features: str = "base") -> Callable:
 
         def fn(x):
             out = backbone.forward_features(x)
-            return aux(out["head_input"], out["grid"])["cls"]
+            from models.heads import run_auxiliary
+            return run_auxiliary(aux, out, images=x)["cls"]
         return fn
     raise ValueError(f"features must be 'base' or 'head', got {features!r}")
 
@@ -192,6 +193,8 @@ def load_eval_network(checkpoint, which: str = "teacher", overrides: list[str] |
         ckpt = weights_io.load_checkpoint(checkpoint, trusted=trusted)
     else:
         ckpt = checkpoint
+    if isinstance(ckpt, dict) and which == "teacher" and ckpt.get("teacher", 0) is None and ckpt.get("student"):
+        which = "student"  # a method without an EMA teacher (MAE): the student is the model
     if not isinstance(ckpt, dict) or "config" not in ckpt or which not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"not a jhssl training checkpoint: need 'config' and '{which}' entries, found {keys}")

@@ -6,6 +6,9 @@ import os
 from jhssl.plots import plot_lines_png
 
 RUN_PLOT_SIZE = (800, 500)  # loss_curves.png and knn_accuracy.png, in pixels
+# A method's logged loss parts are named ``<term>_<network>`` with one of these terms (DINO/iBOT:
+# cls, patch; MoCo v3: ctr; MAE: rec); the loss curves draw them and ``loss``.
+LOSS_PART_PREFIXES = ("cls_", "patch_", "ctr_", "rec_")
 
 
 class JsonlLogger:
@@ -54,7 +57,7 @@ def plot_run(output_dir, log_name="log.jsonl"):
     written = []
     steps = [r for r in records if r.get("type") == "step"]
     if steps:
-        keys = [k for k in steps[-1] if k == "loss" or k.startswith("cls_") or k.startswith("patch_")]
+        keys = [k for k in steps[-1] if k == "loss" or k.startswith(LOSS_PART_PREFIXES)]
         series = {k: [(r["iteration"], r[k]) for r in steps if k in r and math.isfinite(r[k])] for k in keys}
         if any(series.values()):  # a run that diverged at once has no finite point to draw
             path = os.path.join(output_dir, "loss_curves.png")

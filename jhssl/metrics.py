@@ -20,11 +20,13 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .fileio import atomic_write_text
+from .logging import read_jsonl
 from .plots import plot_bars_png, plot_lines_png, plot_panels_png  # noqa: F401  (re-exported)
 
 __all__ = [
     "to_numpy", "kl_discrepancy", "kl_discrepancy_from_logits", "teacher_probs", "teacher_log_probs", "linear_cka", "procrustes_similarity",
-    "discrepancy_stats", "DiscrepancyMeter", "DiscrepancyLog",
+    "discrepancy_stats", "DiscrepancyMeter", "DiscrepancyLog", "run_batches", "network_discrepancy",
+    "similarity_kl_rows",
     "plot_lines_png", "plot_bars_png",
 ]
 
@@ -120,6 +122,34 @@ def kl_discrepancy_from_logits(logits_base, logits_head, temp: float, center_bas
     lb, lh = lb.reshape(-1, lb.shape[-1]), lh.reshape(-1, lh.shape[-1])
     per_row = np.maximum(np.sum(np.exp(lb) * (lb - lh), axis=1), 0.0)
     return float(per_row.mean()) if reduce else per_row
+
+
+def similarity_kl_rows(z_base, z_head, temp: float) -> np.ndarray:
+    """Per-sample ``KL(p_b(i) || p_h(i))`` of the contrastive predictions within a batch.
+
+    ``p_x(i, j) = softmax_{j != i}(cos(z_x[i], z_x[j]) / temp)``: the distribution over the *other*
+    samples of the batch that InfoNCE sharpens (MoCo v3's base and head each give one). This is the
+    contrastive counterpart of Eq. 5: where the clustering methods compare two distributions over
+    prototypes, a contrastive method's only distribution is over the other samples, so D measures
+    how differently base and head arrange the batch. ``z_base`` (B, Cb), ``z_head`` (B, Ch), B >= 2.
+    """
+    lbs = []
+    for name, z in (("z_base", z_base), ("z_head", z_head)):
+        a = _rows(z, name)
+        if a.shape[0] < 2:
+            raise ValueError(f"{name}: need at least 2 samples for a similarity distribution, got {a.shape[0]}")
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        sim = a @ a.T / float(temp)
+        np.fill_diagonal(sim, -np.inf)
+        sim = sim - sim.max(axis=1, keepdims=True)
+        lbs.append(sim - np.log(np.exp(sim).sum(axis=1, keepdims=True)))
+    lb, lh = lbs
+    if lb.shape != lh.shape:
+        raise ValueError(f"z_base and z_head hold different numbers of samples: {lb.shape[0]} vs {lh.shape[0]}")
+    off = ~np.eye(lb.shape[0], dtype=bool)  # the diagonal (-inf: a sample is not its own candidate) drops out
+    lb, lh = np.where(off, lb, 0.0), np.where(off, lh, 0.0)
+    per = (np.where(off, np.exp(lb), 0.0) * (lb - lh)).sum(axis=1)
+    return np.maximum(per, 0.0)
 
 
 # --------------------------------------------------------------------------- CKA
@@ -296,10 +326,7 @@ class DiscrepancyLog:
         self.output_dir = output_dir
         self.jsonl = os.path.join(output_dir, name + ".jsonl")
         self.png = os.path.join(output_dir, name + ".png")
-        self.records: List[Dict] = []
-        if os.path.exists(self.jsonl):
-            with open(self.jsonl) as f:
-                self.records = [json.loads(line) for line in f if line.strip()]
+        self.records: List[Dict] = read_jsonl(self.jsonl)
 
     def add(self, epoch: int, stats: Mapping[str, float]) -> None:
         rec = {"epoch": int(epoch)}
@@ -321,55 +348,58 @@ class DiscrepancyLog:
 
 
 # --------------------------------------------------------------------------- from a trained network
-def network_discrepancy(method, images, epoch: Optional[int] = None, max_images: int = 1000,
-                        which: str = "teacher") -> Dict[str, float]:
-    """D (Eq. 5), linear CKA and Procrustes similarity of a single-head HSSL method's network.
+def run_batches(net, images, fn, max_images: Optional[int] = None) -> int:
+    """Call ``fn(x)`` on each image batch (a (B, 3, H, W) Var) with ``net`` in eval mode and no
+    gradient; returns the number of images seen. The one teacher batch loop behind the per-epoch
+    discrepancy and the head search's D.
 
-    ``method``: a :mod:`jhssl.methods` method object (``student``/``teacher`` networks with
-    ``backbone``, ``aux_head`` and ``project``; ``loss`` with ``center`` and teacher temperatures).
-    ``images``: an iterable of image batches (B, 3, H, W) or (images, labels, ...) tuples,
-    e.g. a :class:`jhssl.data.EvalDataset`. Per image, teacher probabilities
-    ``softmax((z - c) / T)`` of the base and of the head CLS projections (loss center ``c``,
-    teacher temperature ``T`` of ``epoch``, default the final one) give D; the unprojected CLS
-    features (base: normed CLS; head: its pooled, normed output) give CKA and Procrustes.
-    Meant to run once per epoch (the paper's discrepancy dynamics, zh Fig. 4 / en Fig. 6).
+    ``images``: an iterable of batches (B, 3, H, W) arrays/Vars or (images, labels, ...) tuples,
+    e.g. a :class:`jhssl.data.EvalDataset`; at most ``max_images`` images in all (None: every one).
     """
     import jittor as jt
-    net = getattr(method, which)
-    if getattr(net, "aux_head", None) is None:
-        raise ValueError("discrepancy needs an auxiliary head: this network has none (hssl: null?)")
-    loss = method.loss
-    temps = loss.teacher_temps
-    temp = float(temps[-1] if epoch is None else temps[min(int(epoch), len(temps) - 1)])
-    center = loss.center.numpy()
-    meter = DiscrepancyMeter(max_feature_samples=max_images)
     seen = 0
     was_training = net.is_training()
     net.eval()
     try:
         for batch in images:
+            if max_images is not None and seen >= max_images:
+                break
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             if not isinstance(x, jt.Var):
                 x = jt.array(np.asarray(x, dtype=np.float32))
-            if seen >= max_images:
-                break
-            if seen + x.shape[0] > max_images:
+            if max_images is not None and seen + x.shape[0] > max_images:
                 x = x[:max_images - seen]
             with jt.no_grad():
-                out = net.backbone.forward_features(x)
-                h = net.aux_head(out["head_input"], out["grid"])
-                zb = net.project(out["cls"], "base", "cls").numpy()
-                zh = net.project(h["cls"], "head", "cls").numpy()
-                fb, fh = out["cls"].numpy(), h["cls"].numpy()
-            # KL in log space: exact where a sharp teacher softmax underflows
-            meter.add_kl_rows(kl_discrepancy_from_logits(zb, zh, temp, center, center, reduce=False))
-            meter.update(base_feats=fb, head_feats=fh)
+                fn(x)
             seen += int(x.shape[0])
             jt.sync_all()
             jt.gc()
     finally:
         if was_training:
             net.train()
-    if seen == 0:
+    return seen
+
+
+def network_discrepancy(method, images, epoch: Optional[int] = None, max_images: int = 1000,
+                        which: str = "teacher") -> Dict[str, float]:
+    """The base/head discrepancy D, linear CKA and Procrustes similarity of a single-head HSSL method.
+
+    ``method``: a :mod:`jhssl.methods` method object; its ``discrepancy_batch(net, x, epoch)``
+    gives D per image (DINO/iBOT: Eq. 5 on the teacher's prototype distributions, teacher
+    temperature of ``epoch``, default the final one; MoCo v3: see its docstring) and the
+    unprojected base/head features for CKA and Procrustes. ``images`` as in :func:`run_batches`.
+    Meant to run once per epoch (the paper's discrepancy dynamics, zh Fig. 4 / en Fig. 6).
+    """
+    net = method.eval_network(which)
+    if getattr(net, "aux_head", None) is None:
+        raise ValueError("discrepancy needs an auxiliary head: this network has none (hssl: null?)")
+    meter = DiscrepancyMeter(max_feature_samples=max_images)
+
+    def measure(x):
+        d, fb, fh = method.discrepancy_batch(net, x, epoch)
+        meter.add_kl_rows(d)
+        meter.update(base_feats=fb, head_feats=fh)
+
+    if run_batches(net, images, measure, max_images) == 0:
         raise ValueError("no images given to measure the discrepancy on")
     return meter.compute()

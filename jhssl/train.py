@@ -25,8 +25,9 @@ import jittor as jt
 
 from jhssl import checkpoint as ckpt_lib
 from jhssl import dist, monitors
+from jhssl.amp import Precision
 from jhssl.logging import JsonlLogger, plot_run
-from jhssl.optim import AdamW, clip_gradients, param_groups
+from jhssl.optim import AdamW, clip_gradients
 from jhssl.schedules import cosine_scheduler
 
 
@@ -36,23 +37,17 @@ class NonFiniteLossError(RuntimeError):
 
 def setup_device(cfg):
     """``device``: auto (GPU when Jittor has CUDA), cpu, or cuda; ``amp`` only applies on GPU."""
-    want = cfg.device
-    if want == "cuda" and not jt.has_cuda:
-        raise RuntimeError("device=cuda but Jittor has no CUDA here (no GPU or no nvcc); use device=cpu")
-    jt.flags.use_cuda = 1 if (want == "cuda" or (want == "auto" and jt.has_cuda)) else 0
-    # Mixed precision: Jittor's automatic level 5 (fp16 where safe, fp32 for reductions/exp).
-    jt.flags.auto_mixed_precision_level = 5 if (cfg.amp and jt.flags.use_cuda) else 0
-    return "cuda" if jt.flags.use_cuda else "cpu"
+    from jhssl.device import use_device
+    device = use_device(cfg.device)
+    # mixed precision is jhssl.amp's autocast (fp32 master weights), not Jittor's global amp level
+    jt.flags.auto_mixed_precision_level = 0
+    return device
 
 
 def _iteration_seed(seed, iteration):
     # Jittor's random state cannot be read back, so it is re-seeded every iteration from
     # (seed, iteration): drop path draws are then identical in a resumed run.
     return (int(seed) * 1000003 + int(iteration) * 7919 + dist.rank() * 104729) % (2 ** 31 - 1)
-
-
-def _last_layer_ids(student):
-    return {id(p) for n, p in student.named_parameters() if "last_layer" in n}
 
 
 def _loss_state(loss):
@@ -62,9 +57,10 @@ def _loss_state(loss):
 
 
 def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
+    # a method without an EMA teacher (MAE) stores teacher None
     return {
         "student": ckpt_lib.to_numpy_state(method.student),
-        "teacher": ckpt_lib.to_numpy_state(method.teacher),
+        "teacher": ckpt_lib.to_numpy_state(method.teacher) if method.teacher is not None else None,
         "optimizer": optimizer.state_dict(),
         "loss": _loss_state(method.loss),
         "epoch": int(epoch), "iteration": int(iteration),
@@ -74,7 +70,8 @@ def _checkpoint_state(method, optimizer, cfg, epoch, iteration, metrics):
 
 def _restore(method, optimizer, state):
     ckpt_lib.load_state_dict_strict(method.student, state["student"], what="student")
-    ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
+    if method.teacher is not None:
+        ckpt_lib.load_state_dict_strict(method.teacher, state["teacher"], what="teacher")
     optimizer.load_state_dict(state["optimizer"])
     # older checkpoints stored "center_patch": None for a loss without patch terms
     loss_state = {k: v for k, v in state["loss"].items() if v is not None}
@@ -110,7 +107,7 @@ def _discrepancy(cfg, method, eval_sets, epoch, log):
 def run_knn(cfg, method, log=print, datasets=None):
     """k-NN top-1/top-5 of the teacher's features (``eval.features``: base CLS by default)."""
     from jhssl.knn import evaluate_knn, feature_fn
-    net = method.teacher if cfg.eval.which == "teacher" else method.student
+    net = method.eval_network(cfg.eval.which)
     was_training = net.is_training()
     net.eval()
     try:
@@ -146,6 +143,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
 
     # ---------------- data, model, optimizer, schedules
     dist.check_batch_size(cfg.batch_size)  # global batch: must split evenly over the MPI ranks
+    if method is None:  # an option the base model does not take fails here, before any data is read
+        from jhssl.base_models import check_base_model
+        check_base_model(cfg)
     dataset = build_pretrain_dataset(cfg)
     from jhssl.data import build_eval_datasets
     # now, so a missing k-NN split fails before any training (not needed without evaluations)
@@ -157,15 +157,16 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
         method = build_model(cfg)
     student, teacher = method.student, method.teacher
     dist.sync_initial_state(method)  # jt.set_global_seed differs per rank: start from rank 0's state
-    optimizer = AdamW(param_groups(student), lr=0.0)
+    optimizer = AdamW(method.param_groups(), lr=0.0, betas=tuple(cfg.optim.betas))
+    precision = Precision.from_config(cfg, device == "cuda")
+    precision.attach(optimizer)
     accum = int(cfg.grad_accum)
     eff_batch = cfg.batch_size * accum
     o = cfg.optim
     lr_sched = cosine_scheduler(o.lr * eff_batch / o.lr_ref_batch, o.min_lr, cfg.epochs, niter,
                                 warmup_epochs=o.warmup_epochs)
     wd_sched = cosine_scheduler(o.weight_decay, o.weight_decay_end, cfg.epochs, niter)
-    mom_sched = cosine_scheduler(o.momentum_teacher, 1.0, cfg.epochs, niter)
-    last_layer = _last_layer_ids(student)
+    mom_sched = method.momentum_schedule(niter)  # None: no EMA teacher
 
     # ---------------- resume
     start_epoch, start_iter, knn_result, ckpt_path = 0, 0, None, None
@@ -183,12 +184,14 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     n_params = sum(int(np.prod(p.shape)) for g in optimizer.param_groups for p in g["params"])
     if main:
         log(f"{cfg.method}{'+HSSL ' + '+'.join(cfg.hssl.heads) if cfg.hssl else ' baseline'}: "
-            f"{cfg.model.arch}/{cfg.model.patch_size} on {device}, {n_params / 1e6:.2f}M trained parameters, "
+            f"{cfg.model.arch}/{cfg.model.patch_size} on {device} ({precision.describe()}), "
+            f"{n_params / 1e6:.2f}M trained parameters, "
             f"{len(dataset.loader.source)} images, {niter} iterations/epoch x {cfg.epochs} epochs, "
             f"lr {o.lr * eff_batch / o.lr_ref_batch:.2e} (batch {eff_batch})")
-        kept = monitors.ema_initial_weight(mom_sched)
-        log(f"teacher EMA: after {len(mom_sched)} iterations the teacher keeps {kept:.1%} of its initial weights"
-            + (" (lower optim.momentum_teacher or train longer)" if kept > 0.05 else ""))
+        if mom_sched is not None:
+            kept = monitors.ema_initial_weight(mom_sched)
+            log(f"teacher EMA: after {len(mom_sched)} iterations the teacher keeps {kept:.1%} of its initial "
+                "weights" + (" (lower optim.momentum_teacher or train longer)" if kept > 0.05 else ""))
 
     knn_untrained = None
     if evaluate and start_iter == 0 and cfg.eval.knn_untrained:
@@ -198,7 +201,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     it = start_iter
     last_parts = {}
     student.train()
-    teacher.eval()
+    if teacher is not None:
+        teacher.eval()
     # First iteration with a non-finite loss (-1: none); a lazy Var, read at log/checkpoint time.
     first_bad = jt.array(np.array([-1], dtype=np.int32)).stop_grad()
     iter_bar = None
@@ -236,7 +240,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                 break
             skip = it - epoch * niter  # mid-epoch resume: skip batches already trained on
             dataset.set_epoch(epoch, start_batch=skip)
-            optimizer.frozen = last_layer if epoch < o.freeze_last_layer else set()
+            optimizer.frozen = method.frozen_parameters(epoch)
             t_log, n_img_log = time.time(), 0
             epoch_sums, epoch_count = {}, 0
             for i, (crops, masks, _labels) in enumerate(dataset, start=skip):
@@ -247,7 +251,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                         g["lr"] = float(lr_sched[it])
                         g["weight_decay"] = float(wd_sched[it]) if g["regularized"] else 0.0
                 jt.set_seed(_iteration_seed(cfg.seed, it))
-                parts = method.compute_loss(list(crops), list(masks) if masks else None, epoch)
+                with precision.autocast():
+                    parts = method.compute_loss(list(crops), list(masks) if masks else None, epoch)
                 loss = parts["loss"]
                 bad_now = jt.logical_not(jt.abs(loss.detach()) < 3.0e38).reshape((1,))  # NaN (compares False) or inf
                 first_bad = jt.ternary(jt.logical_and(first_bad < 0, bad_now),
@@ -257,7 +262,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     if o.clip_grad:
                         clip_gradients(optimizer, o.clip_grad)
                     optimizer.step()
-                    method.ema_update(mom_sched[it])
+                    if mom_sched is not None:
+                        method.ema_update(mom_sched[it])
                 jt.sync_all()
                 it += 1
                 n_img_log += cfg.batch_size
@@ -273,8 +279,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     dt = time.time() - t_log
                     rec = {"type": "step", "epoch": epoch, "iteration": it, **last_parts, **mon, **ln_k,
                            "lr": float(lr_sched[it - 1]), "wd": float(wd_sched[it - 1]),
-                           "momentum": float(mom_sched[it - 1]), "img_per_s": n_img_log / max(dt, 1e-9),
-                           "time": time.time()}
+                           "img_per_s": n_img_log / max(dt, 1e-9), "time": time.time()}
+                    if mom_sched is not None:
+                        rec["momentum"] = float(mom_sched[it - 1])
                     logger.write(rec)
                     for k, v in {**last_parts, **mon}.items():
                         epoch_sums[k] = epoch_sums.get(k, 0.0) + v
@@ -287,7 +294,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     t_log, n_img_log = time.time(), 0
                 if cfg.save_every_iters and it % cfg.save_every_iters == 0 and it % niter != 0:
                     save(epoch)
-                jt.gc()
+                if device == "cpu":  # on the GPU it would free Jittor's whole memory cache every step
+                    jt.gc()
             epoch_done = it // niter
             if it % niter == 0 and epoch_done > epoch:  # a complete epoch
                 if epoch_count and main:
@@ -335,8 +343,14 @@ def _knn_and_log(cfg, method, logger, epoch, it, log, eval_sets=None):
     from jhssl.knn import format_knn
     res = run_knn(cfg, method, log=log if dist.is_main() else None, datasets=eval_sets)
     if dist.is_main():
-        log(format_knn(res, cfg.eval.knn_t, what=f"teacher {cfg.eval.features}, epoch {epoch}"))
+        log(format_knn(res, cfg.eval.knn_t, what=f"{'teacher' if method.teacher is not None else 'student'} "
+                                                   f"{cfg.eval.features}, epoch {epoch}"))
         logger.write({"type": "knn", "epoch": epoch, "iteration": it, "time": time.time(),
                       **{f"top1_k{k}": r["top1"] for k, r in res.items()},
                       **{f"top5_k{k}": r["top5"] for k, r in res.items()}})
+        if hasattr(method, "write_reconstruction_png") and eval_sets is not None:  # MAE: input/masked/recon
+            val = eval_sets[1]
+            images = np.stack([val[i][0] for i in range(min(8, val.total_len))])
+            method.write_reconstruction_png(os.path.join(cfg.output_dir, f"reconstruction_{epoch:04d}.png"),
+                                            images, cfg.data.mean, cfg.data.std)
     return res

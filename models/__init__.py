@@ -10,7 +10,7 @@ from . import env  # noqa: F401  (sets Jittor's env before jittor is imported)
 from .head_archs import HEAD_ARCHS  # noqa: F401
 
 # Importing each module registers its factories with ``register_model``.
-MODEL_MODULES = ("vit", "swin", "resnet", "resmlp", "pvt", "heads")
+MODEL_MODULES = ("vit", "swin", "resnet", "resmlp", "pvt", "convnext", "heads")
 _LAZY = {"create_model": "registry", "list_models": "registry", "register_model": "registry",
          "set_pretrained_loader": "registry",
          "AuxHead": "heads", "MultiAuxHead": "heads", "build_aux_head": "heads"}

@@ -31,22 +31,19 @@ Every variable is only *defaulted*: a value set by the user always wins.
 Set ``JHSSL_DEVICE=cpu`` to force the CPU path on a GPU machine.
 """
 import os
-import shutil
 import sys
 
 _DONE = False
 
 
 def gpu_visible() -> bool:
-    """True when a CUDA driver and a GPU are visible to this process."""
-    if os.environ.get("JHSSL_DEVICE", "").lower() == "cpu":
-        return False
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    if shutil.which("nvcc") is None and not os.environ.get("nvcc_path"):
-        return False
-    # /dev/nvidia0 (or nvidia-smi) shows a driver; nvcc alone does not.
-    return os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi") is not None
+    """True when this process trains on CUDA; sets ``nvcc_path`` (the real toolkit's nvcc, or "")
+    and, under mpirun, this rank's ``CUDA_VISIBLE_DEVICES`` (models/cuda_detect.py)."""
+    from . import cuda_detect
+    try:
+        return cuda_detect.prepare_environ(os.environ)
+    except cuda_detect.CudaSetupError as e:  # at import time: one line, not a traceback
+        raise SystemExit(f"jhssl: {e}") from None
 
 
 def setup_env() -> None:
@@ -54,9 +51,7 @@ def setup_env() -> None:
     if _DONE:
         return
     _DONE = True
-    if not gpu_visible():
-        os.environ["nvcc_path"] = ""
-    else:
+    if gpu_visible():
         os.environ.setdefault("use_cutlass", "0")
     os.environ.setdefault("use_mkl", "1")
     # oneDNN (Jittor) and MKL (torch) use GNU OpenMP, whose default spin-waiting collapses when
@@ -64,6 +59,13 @@ def setup_env() -> None:
     # machine with PASSIVE). Must be set before the OpenMP runtime loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("log_silent", "0" if verbose() else "1")
+    # Jittor compiles the ops of a new graph in a pool of threads. A compile thread crashed under
+    # load in our tests (cold cache, 2 cores): Jittor then calls exit(), whose destructor joins
+    # the crashed thread and hangs forever (seen as a test that never ends; py-spy: exit() ->
+    # SimpleThreads::~list -> pthread_mutex_lock). Serial compilation has no pool to hang on; it
+    # only slows the first run of a new graph (kernels are cached afterwards).
+    # ``use_parallel_op_compiler=16`` restores Jittor's default.
+    os.environ.setdefault("use_parallel_op_compiler", "0")
 
 
 def verbose() -> bool:

@@ -115,18 +115,33 @@ class HeadBlock(nn.Module):
         return x
 
 
+CONVNEXT_STRUCTURES = ("full", "token_mixer", "mlp")
+
+
 class ConvNextHeadBlock(HeadBlock):
+    """The authors' ConvNext block; ``structure`` is paper Table XV's ablation: ``full`` (token mixer
+    = 7x7 depthwise conv, then the MLP = LayerNorm, Linear 4x, GELU, Linear), ``token_mixer`` (the
+    depthwise conv only) or ``mlp`` (the MLP only). Each variant is the block's one branch, with the
+    block's shortcut; the parts a variant drops are not built (no unused parameters)."""
     two_branch = False
 
-    def __init__(self, dim, shortcut, drop_path, kernel_size=7):
+    def __init__(self, dim, shortcut, drop_path, kernel_size=7, structure="full"):
         super().__init__(shortcut, drop_path)
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.norm = LayerNorm(dim, eps=1e-5)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.pwconv2 = nn.Linear(4 * dim, dim)
+        if structure not in CONVNEXT_STRUCTURES:
+            raise ValueError(f"unknown ConvNext head structure {structure!r}; known: {', '.join(CONVNEXT_STRUCTURES)}")
+        self.structure = structure
+        if structure != "mlp":
+            self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        if structure != "token_mixer":
+            self.norm = LayerNorm(dim, eps=1e-5)
+            self.pwconv1 = nn.Linear(dim, 4 * dim)
+            self.pwconv2 = nn.Linear(4 * dim, dim)
 
     def mixer(self, x):
-        x = _nhwc(self.dwconv(_nchw(x)))
+        if self.structure != "mlp":
+            x = _nhwc(self.dwconv(_nchw(x)))
+        if self.structure == "token_mixer":
+            return x
         return self.pwconv2(nn.gelu(self.pwconv1(self.norm(x))))
 
 
@@ -324,7 +339,7 @@ class SwinHeadBlock(HeadBlock):
 
 
 _BLOCKS = {
-    "convnext": (ConvNextHeadBlock, ("kernel_size",)),
+    "convnext": (ConvNextHeadBlock, ("kernel_size", "structure")),
     "resnet": (ResNetHeadBlock, ()),
     "resmlp": (ResMLPHeadBlock, ("max_grid", "layer_scale_init", "mlp_ratio")),
     "poolformer": (PoolFormerHeadBlock, ("pool_size", "layer_scale_init", "mlp_ratio")),
@@ -417,7 +432,7 @@ def build_aux_head(archs: Union[str, Sequence[str]], dim: int, depth: int = 3, f
     """One name (or a one-element list) -> :class:`AuxHead`; several -> :class:`MultiAuxHead`.
 
     ``kw`` holds per-architecture options; each head takes those it knows: ``kernel_size``
-    (convnext), ``max_grid`` (resmlp), ``layer_scale_init``/``mlp_ratio`` (resmlp, poolformer),
+    and ``structure`` (convnext), ``max_grid`` (resmlp), ``layer_scale_init``/``mlp_ratio`` (resmlp, poolformer),
     ``pool_size`` (poolformer), ``num_heads`` (vit, swin), ``window_size`` (swin).
     """
     names = [archs] if isinstance(archs, str) else list(archs)
@@ -433,3 +448,84 @@ def build_aux_head(archs: Union[str, Sequence[str]], dim: int, depth: int = 3, f
     if len(names) == 1:
         return AuxHead(names[0], dim, depth, first_shortcut, drop_path, **kw)
     return MultiAuxHead(names, dim, depth, first_shortcut, drop_path, **kw)
+
+
+class ParallelAuxNet(nn.Module):
+    """A whole network on the images as the "auxiliary" (paper Table XVII, parallel connection):
+    ``net`` (e.g. ConvNeXt-T, timm keys under ``aux_head.net.*``) runs on the same crops as the base;
+    its last-stage tokens and their mean go through one final LayerNorm ``norm``, as :class:`AuxHead`.
+    ``takes_images``: the network passes it the crops instead of the base's tokens."""
+
+    takes_images = True
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.dim = self.out_dim = int(net.num_features)
+        self.norm = LayerNorm(self.out_dim, eps=HEAD_LN_EPS)
+
+    def execute(self, images) -> Dict[str, jt.Var]:
+        x = self.net.forward_features(images)["head_input"]
+        out = self.norm(jt.concat([x.mean(dim=1, keepdims=True), x], dim=1))
+        return {"cls": out[:, 0], "patch": out[:, 1:]}
+
+
+class _TapStore:
+    """Plain holder (not a Module, so the tapped Var is no parameter or state)."""
+    tokens = None
+
+
+class ShallowTap(nn.Module):
+    """Deep-to-shallow (DTS, paper Table XIX): the "head" output is the base model's own block
+    ``block`` (its tokens after that block, through a new LayerNorm ``norm``), so the teacher's last
+    layer can supervise a shallow layer of the student. Captured with a forward hook on that block of
+    ``backbone.blocks``; the backbone itself is not a submodule (its parameters stay the base's).
+    The CLS output is the block's prefix token when the base has one (ViT), else the token mean."""
+
+    def __init__(self, backbone, block):
+        super().__init__()
+        blocks = getattr(backbone, "blocks", None)
+        if blocks is None:
+            raise ValueError(f"deep-to-shallow needs a base with a list of blocks (ViT, ResMLP); "
+                             f"{type(backbone).__name__} has none")
+        if not 0 <= int(block) < len(blocks) - 1:
+            raise ValueError(f"deep-to-shallow block {block} must lie in [0, {len(blocks) - 1}) "
+                             f"(the base has {len(blocks)} blocks; the last one is the deep target)")
+        self.block = int(block)
+        self.prefix = int(getattr(backbone, "num_prefix_tokens", 0))
+        self.dim = self.out_dim = int(backbone.num_features)
+        self.norm = LayerNorm(self.dim, eps=HEAD_LN_EPS)
+        self._store = _TapStore()
+        store = self._store
+
+        def keep(module, args, output, *rest):
+            store.tokens = output
+        blocks[self.block].register_forward_hook(keep)
+
+    def execute(self, tokens, grid) -> Dict[str, jt.Var]:
+        x = self._store.tokens
+        if x is None:
+            raise RuntimeError("deep-to-shallow: the base model has not run yet (no block output captured)")
+        x = self.norm(x)
+        patch = x[:, self.prefix:]
+        cls = x[:, 0] if self.prefix else patch.mean(dim=1)
+        return {"cls": cls, "patch": patch}
+
+
+def auxiliary_for_connection(connection, backbone, drop_path=0.0, shallow_block=8):
+    """The auxiliary of a non-serial connection: ``parallel`` -> :class:`ParallelAuxNet` with a whole
+    ConvNeXt-T (Table XVII); ``deep_to_shallow`` -> :class:`ShallowTap` on ``backbone`` (Table XIX)."""
+    if connection == "parallel":
+        from .convnext import convnext_tiny
+        return ParallelAuxNet(convnext_tiny(drop_path_rate=drop_path))
+    if connection == "deep_to_shallow":
+        return ShallowTap(backbone, shallow_block)
+    raise ValueError(f"unknown auxiliary connection {connection!r}; known: serial, parallel, deep_to_shallow")
+
+
+def run_auxiliary(aux, features, images=None):
+    """The auxiliary's output for one base pass: ``features`` is the base's ``forward_features``
+    dict; a parallel net (``takes_images``) reads ``images`` (or ``features["images"]``) instead."""
+    if getattr(aux, "takes_images", False):
+        return aux(features["images"] if images is None else images)
+    return aux(features["head_input"], features["grid"])

@@ -171,7 +171,7 @@ class PyramidVisionTransformerV2(nn.Module):
         return self.stages[-1].norm(tokens).mean(dim=1)
 
 
-@register_model
+@register_model(options=("drop_path_rate",))
 def pvt_v2_b2(**kwargs):
     """PVT-v2-b2: the stand-in for the paper's PVT-Small (see module docstring)."""
     cfg = dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), num_heads=(1, 2, 5, 8),

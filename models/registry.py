@@ -1,11 +1,23 @@
 """timm-style model registry: ``create_model(name, **kwargs)``.
 
+A factory may declare which build options it takes (``options``) and how its iBOT mask grid relates
+to its patch size (``mask_patch_multiple``)::
+
+    @register_model(options=("img_size", "patch_size", "drop_path_rate", "use_mask_token"))
+    def vit_small(...): ...
+
+Training code asks :func:`model_info` before building, so an option a model does not take is a clear
+error naming the option and the model, not a ``TypeError`` from deep inside a constructor. A factory
+registered without a declaration (``register_model(fn)``) is taken to accept every option.
+
 ``pretrained=`` goes through a loader that a higher layer registers (``jhssl.zoo`` does, on
 import, with :func:`set_pretrained_loader`): models/ never imports the zoo.
 """
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence
 
 _MODELS: Dict[str, Callable] = {}
+_INFO: Dict[str, "ModelInfo"] = {}
+_PRETRAINED_LOADER: Optional[Callable] = None
 
 
 class ModelError(ValueError):
@@ -19,16 +31,30 @@ class UnknownModelError(ModelError):
 class ModelOptionError(ModelError):
     """``create_model`` was given an option the model does not take."""
 
-_PRETRAINED_LOADER: Optional[Callable] = None
+
+class ModelInfo(NamedTuple):
+    """What a registered base model takes.
+
+    ``options``: build options it accepts among the ones training passes (None: any);
+    ``mask_patch_multiple``: iBOT masks are drawn on a grid of ``patch_size * mask_patch_multiple``
+    pixels (1 for ViT/ResMLP; 8 for a 4-stage Swin, whose masks follow its last stage as in iBOT's
+    and the HSSL authors' code, and are repeated up to the patch-embedding grid by the model).
+    """
+    options: Optional[FrozenSet[str]]
+    mask_patch_multiple: int = 1
 
 
-def register_model(fn: Callable) -> Callable:
-    """Decorator: register a model factory under its function name."""
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"model '{name}' is registered twice")
-    _MODELS[name] = fn
-    return fn
+def register_model(fn: Optional[Callable] = None, *, options: Optional[Sequence[str]] = None,
+                   mask_patch_multiple: int = 1):
+    """Decorator: register a model factory under its function name (optionally declaring its options)."""
+    def add(f: Callable) -> Callable:
+        name = f.__name__
+        if name in _MODELS:
+            raise ValueError(f"model '{name}' is registered twice")
+        _MODELS[name] = f
+        _INFO[name] = ModelInfo(None if options is None else frozenset(options), int(mask_patch_multiple))
+        return f
+    return add(fn) if fn is not None else add
 
 
 def set_pretrained_loader(fn: Optional[Callable]) -> None:
@@ -47,11 +73,21 @@ def list_models(pattern: str = "") -> List[str]:
     return sorted(n for n in _MODELS if pattern in n)
 
 
-def create_model(name: str, pretrained=None, **kwargs):
-    """Build a registered model; ``pretrained`` names a zoo entry or a local file (needs a registered loader)."""
+def _check_known(name: str) -> None:
     _ensure_registered()
     if name not in _MODELS:
         raise UnknownModelError(f"unknown model '{name}'; known models: {', '.join(list_models())}")
+
+
+def model_info(name: str) -> ModelInfo:
+    """The declared options of a registered model (see :class:`ModelInfo`)."""
+    _check_known(name)
+    return _INFO[name]
+
+
+def create_model(name: str, pretrained=None, **kwargs):
+    """Build a registered model; ``pretrained`` names a zoo entry or a local file (needs a registered loader)."""
+    _check_known(name)
     if pretrained and _PRETRAINED_LOADER is None:
         raise RuntimeError(
             f"create_model('{name}', pretrained={pretrained!r}): no pretrained-weight loader is registered; "

@@ -12,7 +12,10 @@ import jittor as jt
 from jittor import nn
 
 from .layers.residual import Affine, CrossPatchLinear, DropPath, check_image, to_2tuple
+from .layers.mask import apply_mask_token
 from .registry import register_model
+
+RESMLP_OPTIONS = ("img_size", "patch_size", "drop_path_rate", "use_mask_token")
 
 
 class ChannelMlp(nn.Module):
@@ -54,7 +57,7 @@ class ResMLPBlock(nn.Module):
 
 class ResMLP(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=384, depth=12, mlp_ratio=4.0,
-                 init_values=1e-4, drop_path_rate=0.0):
+                 init_values=1e-4, drop_path_rate=0.0, use_mask_token=False):
         super().__init__()
         img_size = to_2tuple(img_size)
         if img_size[0] % patch_size or img_size[1] % patch_size:
@@ -68,6 +71,11 @@ class ResMLP(nn.Module):
         self.blocks = nn.ModuleList([
             ResMLPBlock(embed_dim, self.build_grid, mlp_ratio, init_values, dpr[i]) for i in range(depth)])
         self.norm = Affine(embed_dim)
+        self.use_mask_token = bool(use_mask_token)
+        if use_mask_token:
+            # iBOT-style masking (not in timm): masked patch embeddings become a learnable token,
+            # zero-initialised as iBOT's; the key is absent without masking, so timm keys hold.
+            self.mask_token = jt.zeros((1, 1, embed_dim))
         self._init_weights()
 
     def _init_weights(self):
@@ -81,7 +89,7 @@ class ResMLP(nn.Module):
         bound = 1.0 / math.sqrt(fan_in)
         self.stem.proj.weight.assign(jt.init.uniform(self.stem.proj.weight.shape, "float32", -bound, bound))
 
-    def _tokens(self, x):
+    def _tokens(self, x, mask=None):
         H, W = check_image(x, self.patch_size, "ResMLP")
         grid = (H // self.patch_size, W // self.patch_size)
         if grid[0] > self.build_grid[0] or grid[1] > self.build_grid[1]:
@@ -90,15 +98,17 @@ class ResMLP(nn.Module):
                              f"build it with img_size >= the largest input")
         x = self.stem(x)
         B, C = x.shape[0], x.shape[1]
+        if mask is not None:
+            x = apply_mask_token(x.permute(0, 2, 3, 1), mask, self.mask_token).permute(0, 3, 1, 2)
         x = x.reshape(B, C, grid[0] * grid[1]).transpose(0, 2, 1)
         for blk in self.blocks:
             x = blk(x, grid)
         return x, grid
 
     def forward_features(self, x, mask=None):
-        if mask is not None:
-            raise ValueError("ResMLP does not support patch masking (mask must be None)")
-        tokens, grid = self._tokens(x)
+        if mask is not None and not self.use_mask_token:
+            raise ValueError("a mask was given but the model was built without use_mask_token=True")
+        tokens, grid = self._tokens(x, mask)
         patch = self.norm(tokens)
         return {"cls": patch.mean(dim=1), "patch": patch, "head_input": tokens, "grid": grid}
 
@@ -107,14 +117,14 @@ class ResMLP(nn.Module):
         return self.norm(tokens).mean(dim=1)
 
 
-@register_model
+@register_model(options=RESMLP_OPTIONS)
 def resmlp_12_224(**kwargs):
     cfg = dict(patch_size=16, embed_dim=384, depth=12, init_values=0.1)
     cfg.update(kwargs)  # smaller widths/depths for tests
     return ResMLP(**cfg)
 
 
-@register_model
+@register_model(options=RESMLP_OPTIONS)
 def resmlp_24_224(**kwargs):
     cfg = dict(patch_size=16, embed_dim=384, depth=24, init_values=1e-5)
     cfg.update(kwargs)

@@ -102,7 +102,7 @@ class ResNet(nn.Module):
         return self._stages(x).mean(dims=[2, 3])
 
 
-@register_model
+@register_model(options=("drop_path_rate",))
 def resnet50(**kwargs):
     cfg = dict(layers=(3, 4, 6, 3))
     cfg.update(kwargs)  # smaller layers/channels for tests

@@ -262,6 +262,25 @@ class SwinTransformerStage(nn.Module):
         return x
 
 
+def upsample_mask(mask, h: int, w: int):
+    """A (B, mh, mw) (or (B, mh * mw) square) patch mask repeated up to an h x w grid (mh | h, mw | w)."""
+    if not isinstance(mask, jt.Var):
+        mask = jt.array(np.asarray(mask))
+    if mask.ndim == 2:
+        side = int(round(mask.shape[1] ** 0.5))
+        if side * side != mask.shape[1]:
+            raise ValueError(f"a flat mask of {mask.shape[1]} cells is not square; give (B, H, W)")
+        mask = mask.reshape(mask.shape[0], side, side)
+    B, mh, mw = mask.shape
+    if (mh, mw) == (h, w):
+        return mask
+    if h % mh or w % mw:
+        raise ValueError(f"mask grid {mh}x{mw} does not divide the patch-embedding grid {h}x{w}: masks for "
+                         f"Swin follow its last stage (patch_size * {2 ** 3} pixels) or its patch grid")
+    rh, rw = h // mh, w // mw
+    return mask.reshape(B, mh, 1, mw, 1).broadcast((B, mh, rh, mw, rw)).reshape(B, h, w)
+
+
 class SwinTransformer(nn.Module):
     """Swin backbone without classifier (timm ``num_classes=0``); pooled feature = mean of the normed last stage."""
 
@@ -311,8 +330,11 @@ class SwinTransformer(nn.Module):
             raise ValueError("a mask was given but the model was built without use_mask_token=True")
         x, _ = self.patch_embed(x)  # (B, h, w, C), normed
         if mask is not None:
-            # iBOT's Swin masks after the patch-embedding norm.
-            x = apply_mask_token(x, mask, self.mask_token)
+            # iBOT's Swin masks after the patch-embedding norm, with masks drawn on the last stage's
+            # grid (its patch_size * 8 pixels, as iBOT and the HSSL authors' code): each mask cell is
+            # repeated over the patch embeddings it covers, so the masked-patch loss reads the last
+            # stage's tokens on the masks' own grid.
+            x = apply_mask_token(x, upsample_mask(mask, x.shape[1], x.shape[2]), self.mask_token)
         for layer in self.layers:
             x = layer(x)
         B, H, W, C = x.shape
@@ -331,37 +353,42 @@ SWIN_SIZES = {
 }
 
 
+# Options training code may pass; iBOT masks follow the last stage's grid (patch_size * 8 pixels), see
+# SwinTransformer.forward_features.
+SWIN_OPTIONS = ("img_size", "patch_size", "drop_path_rate", "use_mask_token")
+
+
 def _swin(size: str, kwargs: dict) -> SwinTransformer:
     cfg = dict(SWIN_SIZES[size], patch_size=4, window_size=7)
     cfg.update(kwargs)
     return SwinTransformer(**cfg)
 
 
-@register_model
+@register_model(options=SWIN_OPTIONS, mask_patch_multiple=8)
 def swin_tiny_patch4_window7_224(**kwargs):
     return _swin("tiny", kwargs)
 
 
-@register_model
+@register_model(options=SWIN_OPTIONS, mask_patch_multiple=8)
 def swin_small_patch4_window7_224(**kwargs):
     return _swin("small", kwargs)
 
 
-@register_model
+@register_model(options=SWIN_OPTIONS, mask_patch_multiple=8)
 def swin_base_patch4_window7_224(**kwargs):
     return _swin("base", kwargs)
 
 
-@register_model
+@register_model(options=SWIN_OPTIONS, mask_patch_multiple=8)
 def swin_tiny(**kwargs):
     return _swin("tiny", kwargs)
 
 
-@register_model
+@register_model(options=SWIN_OPTIONS, mask_patch_multiple=8)
 def swin_small(**kwargs):
     return _swin("small", kwargs)
 
 
-@register_model
+@register_model(options=SWIN_OPTIONS, mask_patch_multiple=8)
 def swin_base(**kwargs):
     return _swin("base", kwargs)

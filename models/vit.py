@@ -6,6 +6,7 @@
   is resampled bicubically to the input's grid, the CLS part is kept (DINO).
 * iBOT masking: with ``use_mask_token=True`` a learnable ``mask_token`` (1, 1, C)
   replaces masked patch embeddings before the position embedding is added.
+* MAE: :meth:`VisionTransformer.forward_visible` runs the blocks on the visible patches only.
 """
 from typing import Optional
 
@@ -41,6 +42,13 @@ class Attention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         out = scaled_dot_product_attention(q, k, v, attn_bias=attn_bias, scale=self.scale)
         return self.proj(out.permute(0, 2, 1, 3).reshape(B, N, C))
+
+    def attention_probs(self, x: jt.Var) -> jt.Var:
+        """softmax(q k^T * scale): the (B, heads, N, N) attention weights (for visualisation)."""
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+        return nn.softmax(jt.matmul(q, k.permute(0, 1, 3, 2)) * self.scale, dim=-1)
 
 
 class Block(nn.Module):
@@ -102,7 +110,8 @@ class VisionTransformer(nn.Module):
         return resample_abs_pos_embed(self.pos_embed, grid, old_size=self.patch_embed.grid_size,
                                       num_prefix_tokens=self.num_prefix_tokens)
 
-    def forward_features(self, x: jt.Var, mask=None) -> dict:
+    def prepare_tokens(self, x: jt.Var, mask=None):
+        """(CLS + patch tokens with position embeddings (B, 1 + h*w, C), (h, w)): the blocks' input."""
         if mask is not None and not self.use_mask_token:
             raise ValueError("a mask was given but the model was built without use_mask_token=True")
         tokens, (h, w) = self.patch_embed(x)
@@ -111,7 +120,53 @@ class VisionTransformer(nn.Module):
             tokens = apply_mask_token(tokens, mask, self.mask_token)
         tokens = tokens.reshape(B, h * w, C)
         x = jt.concat([self.cls_token.broadcast((B, 1, C)), tokens], dim=1)
-        x = x + self._pos_embed((h, w))
+        return x + self._pos_embed((h, w)), (h, w)
+
+    def get_intermediate_layers(self, x: jt.Var, n: int = 1) -> list:
+        """The outputs of the last ``n`` blocks, each through the final norm (DINO's linear-probe features)."""
+        if not 1 <= n <= len(self.blocks):
+            raise ValueError(f"n must be in [1, {len(self.blocks)}], got {n}")
+        x, _ = self.prepare_tokens(x)
+        out = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i >= len(self.blocks) - n:
+                out.append(self.norm(x))
+        return out
+
+    def get_last_selfattention(self, x: jt.Var) -> jt.Var:
+        """The last block's attention weights (B, heads, 1 + h*w, 1 + h*w) (DINO's visualisation)."""
+        x, _ = self.prepare_tokens(x)
+        depth = len(self.blocks)
+        for i in range(depth - 1):
+            x = self.blocks[i](x)
+        last = self.blocks[depth - 1]
+        return last.attn.attention_probs(last.norm1(x))
+
+    def forward_features(self, x: jt.Var, mask=None) -> dict:
+        x, (h, w) = self.prepare_tokens(x, mask)
+        for blk in self.blocks:
+            x = blk(x)
+        normed = self.norm(x)
+        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+
+    def forward_visible(self, x: jt.Var, keep_rows: jt.Var, num_keep: int) -> dict:
+        """MAE's encoder: the blocks see the CLS token and the visible patches only.
+
+        ``keep_rows``: (B * num_keep,) int32 rows of the flattened (B * N) patch tokens to keep,
+        image-major (image b's rows are ``b * N + i``); every image keeps ``num_keep`` patches.
+        Position embeddings are added before the patches are dropped (MAE ``forward_encoder``), so
+        the order of the kept rows does not matter. Returns ``forward_features``'s dict with
+        ``patch`` / ``head_input`` holding the (B, num_keep, C) visible tokens only.
+        """
+        tokens, (h, w) = self.patch_embed(x)
+        B, C = tokens.shape[0], self.embed_dim
+        pos = self._pos_embed((h, w))
+        tokens = tokens.reshape(B, h * w, C) + pos[:, 1:]
+        if tuple(keep_rows.shape) != (B * num_keep,):
+            raise ValueError(f"keep_rows must hold {B} x {num_keep} rows, got shape {tuple(keep_rows.shape)}")
+        visible = tokens.reshape(B * h * w, C)[keep_rows].reshape(B, num_keep, C)
+        x = jt.concat([(self.cls_token + pos[:, :1]).broadcast((B, 1, C)), visible], dim=1)
         for blk in self.blocks:
             x = blk(x)
         normed = self.norm(x)
@@ -135,53 +190,65 @@ def _vit(size: str, patch_size: int, kwargs: dict) -> VisionTransformer:
     return VisionTransformer(**cfg)
 
 
+def _vit_fixed_patch(size: str, patch_size: int, kwargs: dict) -> VisionTransformer:
+    """timm names carry their patch size: another one asked for is an error, not silently used."""
+    asked = kwargs.pop("patch_size", patch_size)
+    if asked != patch_size:
+        raise ValueError(f"this ViT has patch size {patch_size} (in its name); got patch_size={asked}")
+    return _vit(size, patch_size, kwargs)
+
+
+# Options training code may pass (see models.registry.model_info).
+VIT_OPTIONS = ("img_size", "patch_size", "drop_path_rate", "use_mask_token")
+
+
 # DINO-style names: the patch size is an argument.
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_tiny(patch_size=16, **kwargs):
     return _vit("tiny", patch_size, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_small(patch_size=16, **kwargs):
     return _vit("small", patch_size, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_base(patch_size=16, **kwargs):
     return _vit("base", patch_size, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_large(patch_size=16, **kwargs):
     return _vit("large", patch_size, kwargs)
 
 
 # timm names: the patch size is part of the name.
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_tiny_patch16_224(**kwargs):
-    return _vit("tiny", 16, kwargs)
+    return _vit_fixed_patch("tiny", 16, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_small_patch16_224(**kwargs):
-    return _vit("small", 16, kwargs)
+    return _vit_fixed_patch("small", 16, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_small_patch8_224(**kwargs):
-    return _vit("small", 8, kwargs)
+    return _vit_fixed_patch("small", 8, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_base_patch16_224(**kwargs):
-    return _vit("base", 16, kwargs)
+    return _vit_fixed_patch("base", 16, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_base_patch8_224(**kwargs):
-    return _vit("base", 8, kwargs)
+    return _vit_fixed_patch("base", 8, kwargs)
 
 
-@register_model
+@register_model(options=VIT_OPTIONS)
 def vit_large_patch16_224(**kwargs):
-    return _vit("large", 16, kwargs)
+    return _vit_fixed_patch("large", 16, kwargs)

@@ -68,6 +68,8 @@ def _main(argv=None):
         if not all(ckpt):
             p.error("both --baseline-ckpt and --hssl-ckpt are needed")
         from jhssl.analysis import correctness_from_checkpoints
+        from jhssl.device import device_from_overrides, use_device
+        use_device(device_from_overrides(args.overrides))
         b1, b2, h, head_names = correctness_from_checkpoints(
             args.baseline_ckpt, args.hssl_ckpt, config=args.config, overrides=args.overrides, k=args.k,
             trusted=args.trust_pickle)

@@ -83,6 +83,8 @@ def _main(argv=None):
     pre = config_from_dict(apply_overrides(cfg_dict, over), strict=False)
     which = args.which or pre.eval.which
     features = args.features or pre.eval.features
+    from jhssl.device import use_device
+    use_device(pre.device)
     net, cfg = load_eval_network(ckpt, which, over)
     fn = feature_fn(net, features)
     ks = args.k or list(cfg.eval.knn_k)

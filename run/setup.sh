@@ -43,6 +43,27 @@ fi
 # from this checkout (dependencies are installed above).
 $PY -m pip install -q --no-deps -e .
 
+# 2b. GPU machines only (an NVIDIA driver is present): patch the installed Jittor for CUDA 12/13 and
+#     cuDNN 9 (run/patch_jittor.py: idempotent, checksummed, recorded in <jittor>/jhssl_patches.json),
+#     and install the NCCL wheel of the toolkit's CUDA major (offline: PIP_FIND_LINKS=<wheel dir>
+#     PIP_NO_INDEX=1). Jittor asserts an unversioned libnccl.so; the wheel ships libnccl.so.2 only.
+#     jhssl's bootstrap (models/cuda_detect.py) then points Jittor at the wheel's NCCL.
+if [ -e /proc/driver/nvidia/version ] || [ -e /dev/nvidiactl ] || [ "${JHSSL_PATCH_JITTOR:-0}" = "1" ]; then
+  $PY run/patch_jittor.py
+fi
+if [ -e /proc/driver/nvidia/version ] || [ -e /dev/nvidiactl ]; then
+  NVCC=$($PY -c "import os, sys; sys.path.insert(0, 'models'); import cuda_detect; print(cuda_detect.find_nvcc(dict(os.environ)) or '')")
+  if [ -z "$NVCC" ]; then
+    echo "setup: an NVIDIA driver but no CUDA toolkit (nvcc) found: training will use the CPU" >&2
+  else
+    CUDA_MAJOR=$("$NVCC" --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+    $PY -c "import nvidia.nccl" 2>/dev/null || $PY -m pip install -q "nvidia-nccl-cu${CUDA_MAJOR}"
+    NCCL_DIR=$($PY -c "import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])")
+    [ -e "$NCCL_DIR/lib/libnccl.so" ] || ln -s libnccl.so.2 "$NCCL_DIR/lib/libnccl.so"
+    echo "setup: CUDA ${CUDA_MAJOR} toolkit at ${NVCC%/bin/nvcc}, NCCL wheel at $NCCL_DIR"
+  fi
+fi
+
 # 3. Compile Jittor's core once (about 3 minutes the first time, cached in ~/.cache/jittor) and check
 #    that oneDNN and MPI are really on. jhssl.bootstrap sets the env (no GPU -> nvcc_path="").
 $PY - <<'PYEOF'

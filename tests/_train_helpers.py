@@ -25,11 +25,17 @@ def register_tiny_vit():
 
 def tiny_overrides(output_dir, data_root=None, method="ibot"):
     o = [f"output_dir={output_dir}", f"method={method}", "model.arch=vit_test_tiny", "model.patch_size=4",
-         "model.out_dim=64", "model.patch_out_dim=64", "model.head_hidden_dim=32", "model.head_bottleneck_dim=16",
-         "model.drop_path_rate=0.1", "hssl.depth=1", "data.global_crop_size=16", "data.local_crop_size=8",
-         "data.local_crops_number=1", "batch_size=4", "num_workers=0", "epochs=2", "optim.warmup_epochs=1",
-         "loss.warmup_teacher_temp_epochs=1", "log_freq=1", "eval.knn_k=[3]", "eval.batch_size=8",
-         "seed=3"]
+         "model.drop_path_rate=0.1", "hssl.depth=1", "data.global_crop_size=16",
+         "batch_size=4", "num_workers=0", "epochs=2", "optim.warmup_epochs=1",
+         "log_freq=1", "eval.knn_k=[3]", "eval.batch_size=8", "seed=3"]
+    if method == "mocov3":  # MoCo v3 reads its own section (and no self-distillation keys)
+        o += ["mocov3.proj_hidden_dim=32", "mocov3.proj_dim=16", "mocov3.pred_hidden_dim=32"]
+    elif method == "mae":  # one view, its own section: a 1-block decoder of width 16
+        o += ["mae.decoder_embed_dim=16", "mae.decoder_depth=1", "mae.decoder_num_heads=2"]
+    else:
+        o += ["model.out_dim=64", "model.patch_out_dim=64", "model.head_hidden_dim=32",
+              "model.head_bottleneck_dim=16", "data.local_crop_size=8", "data.local_crops_number=1",
+              "loss.warmup_teacher_temp_epochs=1"]
     if data_root:
         o += ["data.dataset=folder", f"data.path={data_root}/train", f"eval.val_path={data_root}/val"]
     return o

@@ -116,6 +116,16 @@ def test_zoo_verify_refuses_a_code_pickle(evil, tmp_path, capsys, monkeypatch):
     _refused(capsys, marker, "zoo")
 
 
+@pytest.mark.parametrize("tool,extra", [("eval_linear", []), ("finetune", []),
+                                        ("visualize", ["--images", os.path.join(ROOT, "README.md")])])
+def test_evaluation_tools_refuse_a_code_pickle(evil, capsys, tool, extra):
+    import importlib
+    entry = importlib.import_module(f"run.{tool}")
+    path, marker = evil
+    assert entry.main(["--checkpoint", path, *extra]) == 2
+    _refused(capsys, marker, tool)
+
+
 def test_jhssl_checkpoints_load_without_trust(tmp_path):
     """What the trainer writes (numpy arrays, AdamW state, RNG states, config, metrics) passes the allow-list."""
     import jittor as jt

@@ -58,7 +58,7 @@ def test_unknown_keys_name_the_dotted_key_and_the_allowed_ones():
     ("optim.lr=[1]", "optim.lr", "float"),
     ("data.subset=x", "data.subset", "float"),
     ("hssl.heads=[convnext,foo]", "hssl.heads", "convnext"),
-    ("method=mae", "method", "ibot"),
+    ("method=simclr", "method", "mae"),
     ("data.subset=0", "data.subset", "(0, 1]"),
     ("optim=3", "optim", "mapping"),
 ])

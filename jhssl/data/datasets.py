@@ -35,9 +35,10 @@ from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 
 from jhssl.config import ConfigError
-from .masking import MaskGenerator
-from .sources import FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, select_subset
-from .transforms import EvalTransform, MultiCropAugmentation
+from .masking import MaskGenerator, RandomPatchMask
+from .sources import (FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, read_class_list,
+                      select_subset)
+from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation
 
 __all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
            "build_eval_datasets", "collate_pretrain"]
@@ -231,15 +232,19 @@ class EvalDataset(Dataset):
 
 
 # ----------------------------------------------------------------------------- builders
-def build_source(dataset: str, path: str | None, split: str = "train", subset: float = 1.0, seed: int = 0):
-    """An image source (see ``sources.py``) with an optional per-class ``subset`` fraction."""
+def build_source(dataset: str, path: str | None, split: str = "train", subset: float = 1.0, seed: int = 0,
+                 class_list: str | None = None):
+    """An image source (see ``sources.py``) with an optional per-class ``subset`` fraction and, for
+    folders, an optional ``class_list`` file of the class folders to keep (ImageNet-S300 / S50)."""
+    if class_list and dataset != "folder":
+        raise ValueError(f"data.class_list selects class folders of data.dataset=folder, not {dataset!r}")
     if dataset == "fashion_mnist":
         src = FashionMNISTSource(path, split)
     elif dataset == "folder":
         if not path:
             raise FileNotFoundError("data.path is not set: for data.dataset=folder give a folder laid "
                                     "out as root/<class>/<image> (ImageNet layout)")
-        src = ImageFolderSource(path)
+        src = ImageFolderSource(path, read_class_list(class_list) if class_list else None)
     else:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: folder, fashion_mnist")
     if subset < 1.0:
@@ -248,12 +253,26 @@ def build_source(dataset: str, path: str | None, split: str = "train", subset: f
 
 
 def build_pretrain_dataset(cfg) -> PretrainDataset:
-    """The multi-crop (+ masks for iBOT) dataset with loader attributes set from ``cfg``:
+    """The views (and masks) ``cfg.method`` declares, with loader attributes set from ``cfg``:
     global ``batch_size``, ``num_workers``, ``drop_last=True`` and an :class:`EpochSampler`."""
+    from jhssl.methods.registry import method_spec
     d = cfg.data
-    src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed)
-    transform = MultiCropAugmentation.from_config(d)
-    masks = MaskGenerator.from_config(cfg.mask, cfg.model.patch_size) if cfg.method == "ibot" else None
+    views = method_spec(cfg.method).views  # what the method takes: views, local crops, masks
+    n_local = d.local_crops_number if views.local_crops else 0
+    src = build_source(d.dataset, d.path, d.split, d.subset, cfg.seed, d.class_list)
+    if views.augment == "crop_flip":  # MAE: one crop + flip, no colour augmentation
+        transform = CropFlipAugmentation.from_config(d)
+    else:
+        transform = MultiCropAugmentation.from_config(d, n_global=views.n_global, local_crops_number=n_local)
+    from jhssl.base_models import mask_patch_size
+    # iBOT's block masks follow the base's mask grid (Swin: its last stage, patch_size x 8)
+    mask_px = mask_patch_size(cfg) if views.masks == "block" else cfg.model.patch_size
+    if views.masks == "block":
+        masks = MaskGenerator.from_config(cfg.mask, mask_px)
+    elif views.masks == "random":  # MAE's per-image shuffle, drawn per sample: MPI/resume exact
+        masks = RandomPatchMask(cfg.model.patch_size, cfg.mae.mask_ratio)
+    else:
+        masks = None
     ds = PretrainDataset(src, transform, masks, seed=cfg.seed, on_bad_image=d.on_bad_image)
     if len(src) < cfg.batch_size:
         raise ConfigError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
@@ -262,8 +281,8 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     # to hold about two batches of this rank, which bounds wasted look-ahead work on small CPUs
     # and still fits large ImageNet batches (one such batch may exceed the 512 MB default).
     per_rank = -(-cfg.batch_size // (jt.world_size if jt.in_mpi else 1))
-    sample_bytes = 4 * 3 * (2 * d.global_crop_size ** 2 + d.local_crops_number * d.local_crop_size ** 2) \
-        + 2 * (d.global_crop_size // cfg.model.patch_size) ** 2 + 64
+    sample_bytes = 4 * 3 * (views.n_global * d.global_crop_size ** 2 + n_local * d.local_crop_size ** 2) \
+        + 2 * (d.global_crop_size // mask_px) ** 2 + 64
     buffer_size = max(32 << 20, int(2.2 * per_rank * sample_bytes) + (16 << 20))
     ds.set_attrs(batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True, buffer_size=buffer_size)
     return ds
@@ -294,7 +313,7 @@ def build_eval_datasets(cfg, ks=None):
     size = e.img_size or d.global_crop_size
     tf = EvalTransform(size, e.resize_size, d.mean, d.std)
     (tp, ts), (vp, vs) = _eval_paths(cfg)
-    train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed)
+    train_src = build_source(d.dataset, tp, ts, e.train_subset, cfg.seed, d.class_list)
     # Checked here, before any training, not when the k-NN runs at the end.
     ks = list(ks or [])
     too_large = [k for k in ks if k > len(train_src)]
@@ -302,7 +321,7 @@ def build_eval_datasets(cfg, ks=None):
         raise ConfigError(f"eval.knn_k={ks}: k={max(too_large)} exceeds the {len(train_src)} labelled "
                           f"k-NN training images ({tp or d.path!r}, eval.train_subset={e.train_subset}); "
                           f"lower eval.knn_k or use more images")
-    val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed)
+    val_src = build_source(d.dataset, vp, vs, e.val_subset, cfg.seed, d.class_list)
     if d.dataset == "folder" and list(train_src.classes) != list(val_src.classes):
         raise ValueError(f"k-NN train folder {tp!r} and val folder {vp!r} have different class folders")
     out = []

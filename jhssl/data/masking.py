@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-__all__ = ["MaskGenerator"]
+__all__ = ["MaskGenerator", "RandomPatchMask"]
 
 
 class MaskGenerator:
@@ -91,3 +91,31 @@ class MaskGenerator:
                 break
             count += added
         return mask
+
+
+class RandomPatchMask:
+    """MAE's per-image random masking (``random_masking`` of facebookresearch/mae, models_mae.py).
+
+    Uniform noise per patch, sorted: the ``int(N * (1 - mask_ratio))`` patches with the smallest
+    noise are kept, all others masked, so every image of a batch has exactly the same count (MAE
+    relies on it to batch the visible tokens). Drawn here, from the sample's own generator (seeded by
+    seed, epoch and index), not inside the model: masks are then identical under MPI and after a
+    resume. The call signature is :class:`MaskGenerator`'s.
+    """
+
+    def __init__(self, patch_size: int, mask_ratio: float = 0.75):
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.patch_size = int(patch_size)
+        self.mask_ratio = float(mask_ratio)
+
+    def num_keep(self, num_patches: int) -> int:
+        return int(num_patches * (1 - self.mask_ratio))
+
+    def __call__(self, crop_size: int, rng: np.random.Generator, epoch: int = 0) -> np.ndarray:
+        """A bool (H, W) mask over the patch grid of a ``crop_size`` square crop (True: masked)."""
+        H = W = crop_size // self.patch_size
+        ids_shuffle = np.argsort(rng.random(H * W), kind="stable")  # ascending: small noise is kept
+        mask = np.ones(H * W, dtype=bool)
+        mask[ids_shuffle[:self.num_keep(H * W)]] = False
+        return mask.reshape(H, W)

@@ -41,7 +41,8 @@ def _pil_extensions() -> set[str]:
 class ImageFolderSource:
     """``root/<class>/<...>/<image>`` (ImageNet layout); classes are the sorted sub-folders."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, classes=None):
+        """``classes``: class folder names to keep (e.g. ImageNet-S300's WordNet ids); None: all."""
         if not root:
             raise FileNotFoundError("data.path is not set: expected a folder laid out as "
                                     "root/<class>/<image> (ImageNet layout)")
@@ -53,6 +54,12 @@ class ImageFolderSource:
         if not self.classes:
             raise FileNotFoundError(f"dataset folder {root!r} has no class sub-folders; expected "
                                     f"root/<class>/<image> (ImageNet layout)")
+        if classes is not None:
+            missing = sorted(set(classes) - set(self.classes))
+            if missing:
+                raise FileNotFoundError(f"dataset folder {root!r} lacks {len(missing)} class folder(s) of the "
+                                        f"class list, e.g. {missing[0]!r}")
+            self.classes = sorted(set(classes))
         exts = _pil_extensions()
         paths, labels = [], []
         for ci, cname in enumerate(self.classes):
@@ -175,6 +182,21 @@ def select_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         n = max(1, int(round(fraction * len(idx))))
         keep.append(rng.choice(idx, size=n, replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def read_class_list(path: str):
+    """Class folder names (WordNet ids), one per line; blank lines and ``#`` comments are skipped."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.class_list file not found: {path!r} (one WordNet id per line)")
+    with open(path) as f:
+        names = [ln.split("#", 1)[0].strip() for ln in f]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"data.class_list file {path!r} names no class")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"data.class_list file {path!r} names {dup[0]!r} twice")
+    return names
 
 
 class SubsetSource:

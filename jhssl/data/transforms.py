@@ -95,13 +95,15 @@ def to_normalized_array(img: Image.Image, mean, std) -> np.ndarray:
 
 
 class MultiCropAugmentation:
-    """2 global + ``local_crops_number`` local views of one image (DINO/iBOT multi-crop)."""
-
-    n_global = 2
+    """``n_global`` (2, or 1) global + ``local_crops_number`` local views of one image (DINO/iBOT
+    multi-crop; MoCo v3's two views are the two global ones: BYOL's asymmetric blur/solarisation)."""
 
     def __init__(self, global_crops_scale=(0.25, 1.0), local_crops_scale=(0.05, 0.25),
                  local_crops_number=10, global_crop_size=224, local_crop_size=96,
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), blur_sigma=(0.1, 2.0)):
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), blur_sigma=(0.1, 2.0), n_global=2):
+        if n_global not in (1, 2):
+            raise ValueError(f"n_global must be 1 or 2, got {n_global}")
+        self.n_global = int(n_global)
         self.global_crops_scale = tuple(global_crops_scale)
         self.local_crops_scale = tuple(local_crops_scale)
         self.local_crops_number = int(local_crops_number)
@@ -111,14 +113,17 @@ class MultiCropAugmentation:
         self.blur_sigma = tuple(blur_sigma)
         # (crop size, crop scale, blur p, solarize p) per view, in DINO's order.
         self.views = ([(self.global_crop_size, self.global_crops_scale, 1.0, 0.0),
-                       (self.global_crop_size, self.global_crops_scale, 0.1, 0.2)]
+                       (self.global_crop_size, self.global_crops_scale, 0.1, 0.2)][:self.n_global]
                       + [(self.local_crop_size, self.local_crops_scale, 0.5, 0.0)] * self.local_crops_number)
 
     @classmethod
-    def from_config(cls, data_cfg):
-        return cls(data_cfg.global_crops_scale, data_cfg.local_crops_scale, data_cfg.local_crops_number,
+    def from_config(cls, data_cfg, n_global=2, local_crops_number=None):
+        """``local_crops_number``: default ``data_cfg.local_crops_number`` (0 for a method without
+        multi-crop)."""
+        n_local = data_cfg.local_crops_number if local_crops_number is None else local_crops_number
+        return cls(data_cfg.global_crops_scale, data_cfg.local_crops_scale, n_local,
                    data_cfg.global_crop_size, data_cfg.local_crop_size, data_cfg.mean, data_cfg.std,
-                   data_cfg.blur_sigma)
+                   data_cfg.blur_sigma, n_global=n_global)
 
     @property
     def num_crops(self) -> int:
@@ -152,6 +157,33 @@ class MultiCropAugmentation:
         if img.mode != "RGB":
             img = img.convert("RGB")
         return [self._view(img, rng, *v, trace) for v in self.views]
+
+
+class CropFlipAugmentation:
+    """MAE's pretraining view: RandomResizedCrop (bicubic) + horizontal flip + normalize, one view
+    per image (main_pretrain.py: scale (0.2, 1.0), no colour augmentation)."""
+
+    n_global = 1
+    num_crops = 1
+
+    def __init__(self, crop_size=224, scale=(0.2, 1.0), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        self.crop_size, self.scale = int(crop_size), tuple(scale)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    @classmethod
+    def from_config(cls, data_cfg):
+        return cls(data_cfg.global_crop_size, data_cfg.global_crops_scale, data_cfg.mean, data_cfg.std)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator, trace: list | None = None):
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img = random_resized_crop(img, self.crop_size, self.scale, rng)
+        flip = rng.random() < 0.5
+        if flip:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if trace is not None:
+            trace.append({"flip": flip})
+        return [to_normalized_array(img, self.mean, self.std)]
 
 
 class EvalTransform:

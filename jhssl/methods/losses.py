@@ -35,7 +35,7 @@ from jhssl import bootstrap  # noqa: F401
 import jittor as jt
 from jittor import nn
 
-from jhssl import dist, monitors
+from jhssl import amp, dist, monitors
 from jhssl.schedules import teacher_temp_schedule
 
 from .masked_rows import MaskedRows
@@ -119,6 +119,9 @@ class SelfDistillationLoss(nn.Module):
         """``masks``: the global crops' masks (a list) with full patch outputs (R, N, K), or a
         :class:`MaskedRows` with patch outputs already reduced to its rows (M, K) and the teacher's
         mean patch logits ``teacher_patch_mean`` (1, K) for the center."""
+        # mixed precision (jhssl.amp): the logits may be bf16/fp16; softmaxes, cross-entropies and centers are fp32
+        student_cls, student_patch, teacher_cls, teacher_patch, teacher_patch_mean = amp.to_fp32(
+            student_cls, student_patch, teacher_cls, teacher_patch, teacher_patch_mean)
         temp, patch_temp = self._temps(epoch)
         teacher_cls = teacher_cls.detach()
         t_cls = nn.softmax((teacher_cls - self.center) / temp, dim=-1).detach()

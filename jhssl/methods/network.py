@@ -4,6 +4,8 @@ from jhssl import bootstrap  # noqa: F401
 import jittor as jt
 from jittor import nn
 
+from models.heads import run_auxiliary
+
 from .projection import ProjectionMLP, WeightNormLinear
 
 
@@ -98,7 +100,7 @@ class SSLNetwork(nn.Module):
         if is_global and want & {"base_patch", "base_patch_mean"}:
             acc["base_patch_tokens"].append(out["patch"])
         if self.aux_head is not None and want & {"head_cls", "head_patch", "head_patch_mean", "head_feat"}:
-            h = self.aux_head(out["head_input"], out["grid"])
+            h = run_auxiliary(self.aux_head, out)  # serial head, or a parallel net on out["images"]
             if "head_feat" in want:
                 acc["head_feat"].append(h["cls"])
             if "head_cls" in want:
@@ -173,6 +175,7 @@ def backbone_passes(backbone, crops, masks=None, n_global=None):
             is_global = a < n_global
             if masks is not None and is_global:
                 mask = _concat(list(masks[a:b]))
-                yield is_global, backbone.forward_features(x, mask=mask)
+                out = backbone.forward_features(x, mask=mask)
             else:
-                yield is_global, backbone.forward_features(x)
+                out = backbone.forward_features(x)
+            yield is_global, dict(out, images=x)  # the crops too: a parallel auxiliary net reads them

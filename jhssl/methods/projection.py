@@ -4,7 +4,10 @@ from jhssl import bootstrap  # noqa: F401
 import math
 
 import jittor as jt
+
 from jittor import nn
+
+from jhssl import amp
 
 
 def _trunc_normal(var, std=0.02):
@@ -37,8 +40,9 @@ class WeightNormLinear(nn.Module):
         return self.weight_v * (self.weight_g / norm)
 
     def execute(self, x):
-        # x @ W^T without materialising W^T (oneDNN's GEMM reads W transposed)
-        return nn.matmul_transpose(x, self.weight())
+        # x @ W^T without materialising W^T (oneDNN's GEMM reads W transposed); under mixed
+        # precision (jhssl.amp) the prototype logits are computed in fp32 from fp32 weights
+        return nn.matmul_transpose(amp.fp32(x), self.weight())
 
 
 class _TokenBatchNorm(nn.Module):

@@ -45,6 +45,8 @@ def _swap_last(x: jt.Var) -> jt.Var:
 
 def _bmm3(a: jt.Var, b: jt.Var, trans_a: bool = False, trans_b: bool = False) -> jt.Var:
     """op(a) @ op(b) for 3-D a, b with the same batch size; op = transpose when asked."""
+    if a.dtype != b.dtype:  # mixed precision: fp32 scores (+ an fp32 bias) meet a bf16/fp16 operand
+        a, b = a.float32(), b.float32()
     if a.dtype == jt.float32 and b.dtype == jt.float32 and min(a.shape) > 0 and min(b.shape) > 0:
         ops = _cpu_ops()
         if ops is not None:
@@ -69,7 +71,11 @@ def batched_matmul(a: jt.Var, b: jt.Var) -> jt.Var:
 
 
 def softmax_last(x: jt.Var) -> jt.Var:
-    """Softmax over the last axis (fused single-pass kernel on the CPU when enabled)."""
+    """Softmax over the last axis (fused single-pass kernel on the CPU when enabled).
+
+    bf16/fp16 input (mixed precision, jhssl.amp): computed in fp32, returned in the input's dtype."""
+    if str(x.dtype) in ("bfloat16", "float16"):
+        return softmax_last(x.float32()).cast(x.dtype)
     if x.dtype == jt.float32 and x.numel() > 0:
         ops = _cpu_ops()
         if ops is not None:

@@ -6,14 +6,25 @@ its gradients are single-pass kernels (``kernels/cpu_layer_norm*_op.cc``); other
 non-float32 input, it is Jittor's own LayerNorm (the reference path; on CUDA Jittor fuses it well).
 """
 from models import env  # noqa: F401  (Jittor's environment before jittor loads)
+import os
+
 import jittor as jt
 from jittor import nn
 
 from models import perf
 
+_LOW = ("bfloat16", "float16")
+
 
 def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float = 1e-5) -> jt.Var:
-    """LayerNorm of ``x`` over its last axis with affine ``weight``/``bias`` of shape (C,)."""
+    """LayerNorm of ``x`` over its last axis with affine ``weight``/``bias`` of shape (C,).
+
+    bf16/fp16 input (mixed precision, jhssl.amp) is normalised in fp32 and the result stays fp32."""
+    if str(x.dtype) in _LOW:
+        x = x.float32()
+    if jt.flags.use_cuda and perf.fast_kernels_enabled() and os.environ.get("JHSSL_CUDA_LAYERNORM") == "1":
+        from .cuda_layer_norm import fused_layer_norm  # opt-in until checked on a GPU
+        return fused_layer_norm(x, weight, bias, eps)
     if (not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32
             and weight.dtype == jt.float32 and bias.dtype == jt.float32 and x.numel() > 0):
         from . import kernels  # lazy: compiled at first use

@@ -55,3 +55,28 @@ def resample_abs_pos_embed(posemb: jt.Var, new_size: Tuple[int, int], old_size: 
     weight = _grid_matrix_var(old_size, new_size)
     grid = jt.matmul(weight, grid).unsqueeze(0)
     return grid if prefix is None else jt.concat([prefix, grid], dim=1)
+
+
+def sincos_2d_pos_embed(dim: int, grid_h: int, grid_w: int, cls_token: bool = False) -> np.ndarray:
+    """MAE's fixed 2-D sine-cosine position embedding, (grid_h * grid_w [+ 1], dim) float32.
+
+    As ``get_2d_sincos_pos_embed`` of facebookresearch/mae (util/pos_embed.py): the first half of
+    the channels encodes the column (x) index, the second half the row (y) index; each half is
+    ``[sin(p * w_k), cos(p * w_k)]`` with ``w_k = 10000 ** (-k / (dim / 4))``, k < dim / 4.
+    Tokens are in raster order (row-major). ``cls_token`` prepends an all-zero row.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos position embeddings need a dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
+    rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64),
+                             indexing="ij")
+
+    def half(pos):
+        out = pos.reshape(-1, 1) * omega[None]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([half(cols), half(rows)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros((1, dim)), emb], axis=0)
+    return emb.astype(np.float32)

@@ -36,6 +36,7 @@ def main():
     p.add_argument("--raise-rank", type=int, default=1)
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--method", default="ibot", help="the tiny config's method (ibot, dino, mocov3)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -50,7 +51,7 @@ def main():
     from jhssl.train import train
     from _train_helpers import tiny_config
 
-    cfg = tiny_config(args.out, args.data, extra=args.overrides)
+    cfg = tiny_config(args.out, args.data, extra=args.overrides, method=args.method)
 
     # Keep a handle on the method the trainer builds (to dump each rank's in-memory state) and
     # wrap its loss for the fault-injection options.
@@ -81,7 +82,7 @@ def main():
     m = captured["method"]
     state = {}
     for prefix, mod in (("student.", m.student), ("teacher.", m.teacher), ("loss.", m.loss)):
-        for k, v in to_numpy_state(mod).items():
+        for k, v in (to_numpy_state(mod) if mod is not None else {}).items():
             state[prefix + k] = v
     np.savez(os.path.join(args.out, f"state_rank{dist.rank()}.npz"), **state)
     print(f"rank {dist.rank()} done: iteration {result['iteration']}, checkpoint {result['checkpoint']}", flush=True)

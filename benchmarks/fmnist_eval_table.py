@@ -1,0 +1,110 @@
+"""Fashion-MNIST evaluation table (issue 14): k-NN, linear probe, fine-tuning and 10 % semi-supervised
+fine-tuning / linear probe, side by side, for baseline and HSSL checkpoints over several seeds.
+
+NOT YET RUN: the checkpoints come from the CPU-scale pretraining recipe (one baseline and one HSSL
+checkpoint per seed, same seed and budget). Once they exist:
+
+    python benchmarks/fmnist_eval_table.py \\
+        --baseline output/fmnist_base_s0/checkpoint_X.pkl output/fmnist_base_s1/... output/fmnist_base_s2/... \\
+        --hssl     output/fmnist_hssl_s0/checkpoint_X.pkl output/fmnist_hssl_s1/... output/fmnist_hssl_s2/...
+    python benchmarks/fmnist_eval_table.py --dry-run --baseline ... --hssl ...   # print the commands only
+
+The i-th checkpoint of each list is paired with seed ``--seeds[i]`` (default 0 1 2): evaluation seeds
+(linear-head init, fine-tuning order/augmentation, label subset) equal the pretraining seed.
+Protocols (configs/eval/): linear_fmnist_cached.yaml (cached-features mode: stated in the results),
+finetune_fmnist.yaml, finetune_fmnist_semisup_10pct.yaml, and the linear probe with label_fraction=0.1.
+Writes benchmarks/results/fmnist_eval_table.{json,md}: mean +- std over seeds and the paired
+HSSL - baseline differences, with the commands and the machine.
+"""
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+PROTOCOLS = {
+    # name: (command template, result file, key path to top-1)
+    "knn": ("run/eval_knn.py --checkpoint {ckpt} --output {out}/knn.json", "knn.json", ("results", "20", "top1")),
+    "linear": ("run/eval_linear.py --checkpoint {ckpt} --config configs/eval/linear_fmnist_cached.yaml "
+               "seed={seed} output_dir={out}/linear", "linear/linear_results.json", ("best", "top1")),
+    "finetune": ("run/finetune.py --checkpoint {ckpt} --config configs/eval/finetune_fmnist.yaml --no-progress "
+                 "seed={seed} output_dir={out}/finetune", "finetune/finetune_results.json", ("top1",)),
+    "linear_10pct": ("run/eval_linear.py --checkpoint {ckpt} --config configs/eval/linear_fmnist_cached.yaml "
+                     "label_fraction=0.1 label_seed={seed} seed={seed} output_dir={out}/linear_10pct",
+                     "linear_10pct/linear_results.json", ("best", "top1")),
+    "finetune_10pct": ("run/finetune.py --checkpoint {ckpt} --config configs/eval/finetune_fmnist_semisup_10pct.yaml "
+                       "--no-progress label_seed={seed} seed={seed} output_dir={out}/finetune_10pct",
+                       "finetune_10pct/finetune_results.json", ("top1",)),
+}
+
+
+def _get(d, path):
+    for k in path:
+        d = d[k]
+    return float(d)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", nargs="+", required=True)
+    p.add_argument("--hssl", nargs="+", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    p.add_argument("--work-dir", default="output/fmnist_eval_table")
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+    if not (len(args.baseline) == len(args.hssl) == len(args.seeds)):
+        p.error("--baseline, --hssl and --seeds need one entry per seed")
+    runs, commands = {}, []
+    for name, ckpts in (("baseline", args.baseline), ("hssl", args.hssl)):
+        for seed, ckpt in zip(args.seeds, ckpts):
+            out = os.path.join(args.work_dir, f"{name}_s{seed}")
+            for proto in args.protocols:
+                tmpl, result, key = PROTOCOLS[proto]
+                cmd = f"{sys.executable} " + tmpl.format(ckpt=shlex.quote(ckpt), out=out, seed=seed)
+                commands.append(cmd)
+                if args.dry_run:
+                    print(cmd)
+                    continue
+                path = os.path.join(out, result)
+                if not os.path.isfile(path):  # finished runs are not repeated
+                    os.makedirs(out, exist_ok=True)
+                    subprocess.run(shlex.split(cmd), cwd=ROOT, check=True)
+                runs.setdefault((name, proto), []).append(_get(json.load(open(path)), key))
+    if args.dry_run:
+        return 0
+    from benchmarks.common import machine_info
+    from jhssl.fileio import atomic_write_text
+    table = {}
+    for proto in args.protocols:
+        b, h = np.array(runs[("baseline", proto)]), np.array(runs[("hssl", proto)])
+        d = h - b
+        table[proto] = {"baseline": b.tolist(), "hssl": h.tolist(), "baseline_mean": b.mean(), "baseline_std": b.std(ddof=1) if len(b) > 1 else 0.0,
+                        "hssl_mean": h.mean(), "hssl_std": h.std(ddof=1) if len(h) > 1 else 0.0,
+                        "diff_mean": d.mean(), "diff_std": d.std(ddof=1) if len(d) > 1 else 0.0}
+    rec = {"date": datetime.datetime.utcnow().isoformat(timespec="seconds"), "seeds": args.seeds,
+           "machine": machine_info(), "commands": commands, "table": table}
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    base = os.path.join(ROOT, "benchmarks", "results", "fmnist_eval_table")
+    atomic_write_text(base + ".json", json.dumps(rec, indent=1))
+    lines = ["# Fashion-MNIST: k-NN / linear / fine-tuning / 10 % semi-supervised (top-1 %, mean ± std over seeds "
+             f"{args.seeds})", "", "| protocol | baseline | HSSL | HSSL − baseline (paired) |", "|---|---|---|---|"]
+    for proto, t in table.items():
+        lines.append(f"| {proto} | {t['baseline_mean']:.2f} ± {t['baseline_std']:.2f} | {t['hssl_mean']:.2f} ± "
+                     f"{t['hssl_std']:.2f} | {t['diff_mean']:+.2f} ± {t['diff_std']:.2f} |")
+    lines += ["", "Linear probes ran in cached-features mode (see each linear_results.json).", "", "Commands:", "",
+              "```", *commands, "```"]
+    atomic_write_text(base + ".md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
