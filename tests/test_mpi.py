@@ -37,7 +37,10 @@ def mpi_cmd(script, *args, np_=2):
             sys.executable, os.path.join(SCRIPTS, script), *args]
 
 
-def run(cmd, timeout=420):
+# A harness limit against a hung job, not a speed assertion: a cold Jittor cache compiles every
+# kernel of the run first (serially: models/env.py turns the parallel op compiler off), which took
+# over 420 s on a loaded 2-core machine.
+def run(cmd, timeout=900):
     t0 = time.time()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     return p, time.time() - t0
