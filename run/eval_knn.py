@@ -8,7 +8,6 @@ folder: eval.train_path / eval.val_path). ``--data ROOT`` points elsewhere: for 
 IDX directory, for an image folder a root holding ``train/`` and ``val/`` (ImageNet layout).
 """
 import json
-import os
 import sys
 
 import jhssl  # noqa: F401  (sets Jittor's environment before jittor loads)
@@ -58,27 +57,10 @@ def _main(argv=None):
         over.append(f"eval.val_subset={args.val_subset}")
     if args.k:
         over.append(f"eval.knn_k={list(args.k)}")  # checked against the labelled set before extracting features
-    if args.train_data:
-        over.append(f"eval.train_path={args.train_data}")
-    if args.val_data:
-        over.append(f"eval.val_path={args.val_data}")
     ckpt = weights_io.load_checkpoint(args.checkpoint, trusted=args.trust_pickle)
     cfg_dict = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
-    if args.data:
-        if not os.path.isdir(args.data):
-            raise FileNotFoundError(f"--data {args.data!r} is not a directory")
-        dataset = (cfg_dict.get("data") or {}).get("dataset", "folder")
-        over.append(f"data.path={args.data}")
-        if dataset == "folder":
-            for split, key in (("train", "train_path"), ("val", "val_path")):
-                sub = os.path.join(args.data, split)
-                if not os.path.isdir(sub) and not getattr(args, f"{split}_data"):
-                    raise FileNotFoundError(f"--data {args.data!r}: expected sub-folders train/ and val/ "
-                                            f"(each root/<class>/<image>); {sub!r} is missing")
-                if not getattr(args, f"{split}_data"):
-                    over.append(f"eval.{key}={sub}")
-        else:
-            over += ["eval.train_path=null", "eval.val_path=null"]
+    from jhssl.eval.common import data_overrides
+    over += data_overrides(cfg_dict, args.data, args.train_data, args.val_data)
     from jhssl.config import apply_overrides, config_from_dict
     pre = config_from_dict(apply_overrides(cfg_dict, over), strict=False)
     which = args.which or pre.eval.which
