@@ -28,8 +28,7 @@ import yaml
 
 from jhssl.fileio import atomic_write_text
 from jhssl.errors import UserError
-from jhssl.methods.registry import foreign_keys, method_names
-from jhssl.methods.registry import method_spec as _method_spec
+from jhssl.methods.registry import foreign_keys, method_names, method_spec as _method_spec
 
 __all__ = [
     "ConfigError", "Config", "F", "SCHEMA", "HEAD_ARCHS", "load_config", "config_from_dict",
