@@ -329,7 +329,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
 def _untrained_knn_and_log(cfg, method, logger, log, eval_sets):
     """k-NN of the network before its first step (cached per weights + evaluation settings)."""
     from jhssl.untrained_knn import untrained_knn
-    net = method.teacher if cfg.eval.which == "teacher" else method.student
+    net = method.eval_network(cfg.eval.which)  # MAE has no teacher: the method decides
     res, cached = untrained_knn(cfg, net, lambda: run_knn(cfg, method, log=None, datasets=eval_sets))
     if dist.is_main():
         log(f"untrained network: k-NN top-1 {min(res.items())[1]['top1']:.2f}%{' (cached)' if cached else ''}")
