@@ -123,20 +123,24 @@ def extract_features(model_fn: Callable, dataset, batch_size: int | None = None,
     if progress:
         from tqdm import tqdm
         it = tqdm(dataset, desc="features", leave=False)
-    with jt.no_grad():
-        for step, (imgs, lab, idx) in enumerate(it):
-            f = model_fn(imgs)
-            f_np = f.numpy().astype(np.float32)
-            idx_np = idx.numpy().astype(np.int64)
-            if feats is None:
-                feats = np.zeros((n, f_np.shape[1]), dtype=np.float32)
-            feats[idx_np] = f_np
-            # the label of the image actually used (an unreadable file is replaced by the next one)
-            labels[idx_np] = lab.numpy()
-            seen[idx_np] = 1
-            if step % 20 == 0:
-                jt.sync_all()
-                jt.gc()
+    from jhssl.data.datasets import release_workers
+    try:
+        with jt.no_grad():
+            for step, (imgs, lab, idx) in enumerate(it):
+                f = model_fn(imgs)
+                f_np = f.numpy().astype(np.float32)
+                idx_np = idx.numpy().astype(np.int64)
+                if feats is None:
+                    feats = np.zeros((n, f_np.shape[1]), dtype=np.float32)
+                feats[idx_np] = f_np
+                # the label of the image actually used (an unreadable file is replaced by the next one)
+                labels[idx_np] = lab.numpy()
+                seen[idx_np] = 1
+                if step % 20 == 0:
+                    jt.sync_all()
+                    jt.gc()
+    finally:
+        release_workers(dataset)  # one pass: no idle workers (and buffers) through the training
     if feats is None:
         raise ValueError("feature extraction got no batches (empty dataset?)")
     if jt.in_mpi:

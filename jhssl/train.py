@@ -117,14 +117,24 @@ def run_knn(cfg, method, log=print, datasets=None):
             net.train()
 
 
+def _no_phase(name):
+    pass
+
+
 def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=None, evaluate=True,
-          trusted=False):
+          trusted=False, profiler=None):
     """Pretrain according to ``cfg``. ``max_iters`` stops early (tests, timing).
 
     ``method``: a prebuilt method object (default ``build_model(cfg)``; the head search passes its
     ``SearchMethod``). ``evaluate=False`` skips the k-NN evaluations and the per-epoch base/head
     discrepancy log (the search's timing runs); the discrepancy log also needs a single-head
     network, so a method with ``per_epoch_discrepancy = False`` (the search) never writes it.
+
+    ``profiler``: called as ``profiler(phase)`` where each phase of an iteration ends (``data``,
+    ``forward``, ``backward``, ``clip``, ``optimizer``, ``ema``, ``logging``), after the untrained
+    k-NN (``knn_untrained``), the final k-NN (``knn``), the per-epoch ``discrepancy`` and each
+    checkpoint write (``checkpoint``), and before those (``setup``, ``before_*``);
+    ``benchmarks/profile_step.py`` syncs Jittor there and reads clocks and memory. None: a no-op.
 
     Returns a dict: ``epoch``, ``iteration``, ``knn`` (``{k: {top1, top5}}`` of the last
     evaluation or None), ``last_loss`` (dict of the last logged loss parts), ``checkpoint``.
@@ -133,6 +143,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     from jhssl.methods import build_model
 
     device = setup_device(cfg)
+    phase = profiler if profiler is not None else _no_phase
     os.makedirs(cfg.output_dir, exist_ok=True)
     main = dist.is_main()
     jt.set_global_seed(cfg.seed)
@@ -195,7 +206,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
 
     knn_untrained = None
     if evaluate and start_iter == 0 and cfg.eval.knn_untrained:
+        phase("setup")
         knn_untrained = _untrained_knn_and_log(cfg, method, logger, log, eval_sets)
+        phase("knn_untrained")
     total_iters = cfg.epochs * niter
     stop_at = total_iters if max_iters is None else min(total_iters, start_iter + int(max_iters))
     it = start_iter
@@ -229,10 +242,12 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
         if not main:
             ckpt_path = ckpt_lib.rolling_path(cfg.output_dir, it)
             return
+        phase("before_checkpoint")
         state = _checkpoint_state(method, optimizer, cfg, epoch_done, it, {"knn": knn_result})
         ckpt_path = ckpt_lib.save_rolling(state, cfg.output_dir, it, cfg.keep_last)
         if cfg.saveckp_freq and epoch_done and epoch_done % cfg.saveckp_freq == 0 and it % niter == 0:
             ckpt_lib.atomic_save(state, os.path.join(cfg.output_dir, f"checkpoint{epoch_done:04d}.pkl"))
+        phase("checkpoint")
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -246,6 +261,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
             for i, (crops, masks, _labels) in enumerate(dataset, start=skip):
                 if it >= stop_at:
                     break
+                phase("data")
                 if i % accum == 0 or it == start_iter:
                     for g in optimizer.param_groups:
                         g["lr"] = float(lr_sched[it])
@@ -253,17 +269,22 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                 jt.set_seed(_iteration_seed(cfg.seed, it))
                 with precision.autocast():
                     parts = method.compute_loss(list(crops), list(masks) if masks else None, epoch)
+                phase("forward")
                 loss = parts["loss"]
                 bad_now = jt.logical_not(jt.abs(loss.detach()) < 3.0e38).reshape((1,))  # NaN (compares False) or inf
                 first_bad = jt.ternary(jt.logical_and(first_bad < 0, bad_now),
                                        jt.full((1,), it, "int32"), first_bad).stop_grad()
                 optimizer.backward(loss / accum)
+                phase("backward")
                 if (i + 1) % accum == 0:
                     if o.clip_grad:
                         clip_gradients(optimizer, o.clip_grad)
+                        phase("clip")
                     optimizer.step()
+                    phase("optimizer")
                     if mom_sched is not None:
                         method.ema_update(mom_sched[it])
+                        phase("ema")
                 jt.sync_all()
                 it += 1
                 n_img_log += cfg.batch_size
@@ -296,6 +317,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     save(epoch)
                 if device == "cpu":  # on the GPU it would free Jittor's whole memory cache every step
                     jt.gc()
+                phase("logging")
             epoch_done = it // niter
             if it % niter == 0 and epoch_done > epoch:  # a complete epoch
                 if epoch_count and main:
@@ -305,7 +327,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                 if evaluate and cfg.eval_every and epoch_done % cfg.eval_every == 0 and epoch_done < cfg.epochs:
                     knn_result = _knn_and_log(cfg, method, logger, epoch_done, it, log, eval_sets)
                 if evaluate and cfg.hssl is not None and getattr(method, "per_epoch_discrepancy", True):
+                    phase("before_discrepancy")
                     _discrepancy(cfg, method, eval_sets, epoch, log)
+                    phase("discrepancy")
                 save(epoch_done)
                 if main:
                     plot_run(cfg.output_dir)
@@ -316,7 +340,9 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     check_finite()
     finished = it >= total_iters
     if evaluate and finished and not (start_iter == total_iters and knn_result):
+        phase("before_knn")
         knn_result = _knn_and_log(cfg, method, logger, it // niter, it, log, eval_sets)
+        phase("knn")
         save(it // niter)
     elif saved_at[0] != it:  # stopped early (max_iters): keep the progress
         save(it // niter)

@@ -9,7 +9,7 @@ from .sources import (BadImageError, BadImageWarning, FashionMNISTSource, ImageF
 from .transforms import EvalTransform, MultiCropAugmentation
 
 _JITTOR_NAMES = ("epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
-                 "build_eval_datasets", "collate_pretrain")
+                 "build_eval_datasets", "collate_pretrain", "ring_buffer_bytes", "release_workers")
 
 __all__ = ["MaskGenerator", "BadImageError", "BadImageWarning", "FashionMNISTSource", "ImageFolderSource",
            "SafeLoader", "SubsetSource", "find_idx_file", "read_idx", "select_subset", "EvalTransform",

@@ -41,7 +41,7 @@ from .sources import (FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetS
 from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation
 
 __all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
-           "build_eval_datasets", "collate_pretrain"]
+           "build_eval_datasets", "collate_pretrain", "ring_buffer_bytes", "release_workers"]
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -62,6 +62,27 @@ class EpochSampler(Sampler):
 
     def __len__(self):
         return len(self.prepared) if self.prepared is not None else self.dataset.num_samples
+
+
+_JITTOR_DEFAULT_BUFFER = 512 << 20  # jittor.dataset.Dataset's buffer_size default
+
+
+def ring_buffer_bytes(batch_per_rank: int, sample_bytes: int) -> int:
+    """Worker ring buffer size for batches of ``batch_per_rank`` samples of ``sample_bytes`` each.
+
+    Jittor zero-fills each worker's ring buffer (shared memory, default 512 MB) when the worker
+    starts, so every byte of it is resident from then on, in the training process's RSS (the
+    demo's two k-NN loaders alone held 4 x 512 MB). About two batches bound the look-ahead and
+    still fit large ImageNet batches (one such batch may exceed the 512 MB default)."""
+    return max(32 << 20, int(2.2 * int(batch_per_rank) * int(sample_bytes)) + (16 << 20))
+
+
+def release_workers(dataset) -> None:
+    """Stop a loader's worker processes (and free their ring buffers); the next ``iter`` forks new
+    ones. After a one-pass use (feature extraction) the workers would otherwise live on, holding
+    their memory, and start loading the next pass on the shared cores (Jittor prefetches it)."""
+    if hasattr(dataset, "workers"):
+        dataset.reset()
 
 
 def collate_pretrain(batch):
@@ -226,6 +247,13 @@ class EvalDataset(Dataset):
         img, label, _ = self.loader.load(int(index))
         return self.transform(img), label, int(index)
 
+    def _init_workers(self, index_list):
+        # sized when the workers start: batch_size may be changed until then (extract_features)
+        if self.buffer_size == _JITTOR_DEFAULT_BUFFER:
+            per_rank = -(-self.batch_size // (jt.world_size if jt.in_mpi else 1))
+            self.buffer_size = ring_buffer_bytes(per_rank, 4 * 3 * self.transform.img_size ** 2 + 64)
+        super()._init_workers(index_list)
+
     def collate_batch(self, batch):
         return (np.stack([b[0] for b in batch]), np.asarray([b[1] for b in batch], np.int32),
                 np.asarray([b[2] for b in batch], np.int32))
@@ -277,13 +305,11 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
     if len(src) < cfg.batch_size:
         raise ConfigError(f"dataset {d.path!r} has {len(src)} images (after data.subset={d.subset}), fewer "
                           f"than batch_size={cfg.batch_size}: no full batch can be formed")
-    # Jittor's workers prefetch until their ring buffer (default 512 MB each) is full: size it
-    # to hold about two batches of this rank, which bounds wasted look-ahead work on small CPUs
-    # and still fits large ImageNet batches (one such batch may exceed the 512 MB default).
+    # Jittor's workers prefetch until their ring buffer is full: two batches of this rank
     per_rank = -(-cfg.batch_size // (jt.world_size if jt.in_mpi else 1))
     sample_bytes = 4 * 3 * (views.n_global * d.global_crop_size ** 2 + n_local * d.local_crop_size ** 2) \
         + 2 * (d.global_crop_size // mask_px) ** 2 + 64
-    buffer_size = max(32 << 20, int(2.2 * per_rank * sample_bytes) + (16 << 20))
+    buffer_size = ring_buffer_bytes(per_rank, sample_bytes)
     ds.set_attrs(batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True, buffer_size=buffer_size)
     return ds
 
