@@ -6,9 +6,15 @@ training-side ones.
   projects only those tokens and the teacher runs its prototype layer only on them plus one mean
   row for the center (``jhssl.methods.masked_rows``). Same loss and gradients; off, every patch
   token is projected. Environment ``JHSSL_MASKED_PROJECTION=0``.
+* ``uint8_transport``: the pretraining loader's workers send their crops as uint8 HWC arrays and
+  the training process normalizes each batch to float32 CHW (``jhssl.data.transforms.normalize_uint8``,
+  the same arithmetic as per image, so the same bits) just before it becomes a Jittor Var: a
+  quarter of the bytes through the workers' ring buffers. Off, workers send float32 crops.
+  Environment ``JHSSL_UINT8_TRANSPORT=0``. Read when a dataset is built.
 
-In code: ``jhssl.perf.set_fast_kernels(False)`` / ``set_masked_projection(False)``, or temporarily
-``with jhssl.perf.fast_kernels(False): ...`` / ``with jhssl.perf.masked_projection(False): ...``.
+In code: ``jhssl.perf.set_fast_kernels(False)`` / ``set_masked_projection(False)`` /
+``set_uint8_transport(False)``, or temporarily ``with jhssl.perf.fast_kernels(False): ...`` (likewise
+``masked_projection``, ``uint8_transport``).
 Environment variables are read once, at first use.
 """
 from models.perf import _FAST_KERNELS, Switch, fast_kernels, fast_kernels_enabled, set_fast_kernels  # noqa: F401
@@ -29,3 +35,21 @@ def set_masked_projection(enabled: bool) -> None:
 def masked_projection(enabled: bool):
     """Context manager: run a block with the masked-token projection on or off."""
     return _MASKED_PROJECTION.scoped(enabled, "masked_projection")
+
+
+_UINT8_TRANSPORT = Switch("JHSSL_UINT8_TRANSPORT")
+
+
+def uint8_transport_enabled() -> bool:
+    """True when pretraining loaders carry uint8 crops and normalize in the training process."""
+    return _UINT8_TRANSPORT.enabled()
+
+
+def set_uint8_transport(enabled: bool) -> None:
+    """Turn the uint8 crop transport on or off (for datasets built afterwards)."""
+    _UINT8_TRANSPORT.set(enabled, "set_uint8_transport")
+
+
+def uint8_transport(enabled: bool):
+    """Context manager: datasets built in the block carry uint8 crops, or float32 ones."""
+    return _UINT8_TRANSPORT.scoped(enabled, "uint8_transport")

@@ -119,3 +119,52 @@ def test_profile_step_reads_jittor_and_process_memory():
     assert reset_peak_rss() in (True, False)
     w = worker_memory()
     assert w["tree_pss_mb"] > 0 and w["workers"] >= 0
+
+
+class _GraySource:
+    """Fashion-MNIST-like source: grayscale images turned RGB, labels 0/1."""
+    classes = ["a", "b"]
+
+    def __init__(self, n=10):
+        rng = np.random.default_rng(5)
+        self.images = rng.integers(0, 256, (n, 12, 12), dtype=np.uint8)
+        self.labels = np.arange(n) % 2
+
+    def __len__(self):
+        return len(self.images)
+
+    def describe(self, i):
+        return f"#{i}"
+
+    def load(self, i):
+        return Image.fromarray(self.images[i], mode="L").convert("RGB")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_uint8_transport_gives_the_float32_loaders_batches(workers):
+    """The switch on (uint8 crops through the loader, normalized in the training process) and off
+    (float32 crops) give bit-identical batches and masks; direct indexing stays float32 CHW."""
+    from jhssl import perf
+    from jhssl.data import MaskGenerator, MultiCropAugmentation, PretrainDataset
+    batches = {}
+    for on in (False, True):
+        with perf.uint8_transport(on):
+            aug = MultiCropAugmentation(global_crop_size=8, local_crop_size=4, local_crops_number=2,
+                                        mean=(0.3, 0.3, 0.3), std=(0.35, 0.35, 0.35))
+            ds = PretrainDataset(_GraySource(), aug, MaskGenerator(4, 0.3, 0.1), seed=1)
+        assert ds.uint8_transport == on
+        ds.set_attrs(batch_size=5, num_workers=workers, drop_last=True)
+        got = []
+        for ep in range(2):
+            ds.set_epoch(ep)
+            for crops, masks, y in ds:
+                got.append(([c.numpy() for c in crops], [m.numpy() for m in masks], y.numpy()))
+        item = ds[3][0]
+        assert item[0].dtype == np.float32 and item[0].shape == (3, 8, 8) and item[2].shape == (3, 4, 4)
+        ds.terminate()
+        batches[on] = got
+    assert len(batches[True]) == 4
+    for (c0, m0, y0), (c1, m1, y1) in zip(batches[False], batches[True]):
+        assert all(a.dtype == b.dtype == np.float32 and a.shape == b.shape for a, b in zip(c0, c1))
+        for a, b in zip(c0 + m0 + [y0], c1 + m1 + [y1]):
+            np.testing.assert_array_equal(a, b)

@@ -38,7 +38,7 @@ from jhssl.config import ConfigError
 from .masking import MaskGenerator, RandomPatchMask
 from .sources import (FashionMNISTSource, ImageFolderSource, SafeLoader, SubsetSource, read_class_list,
                       select_subset)
-from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation
+from .transforms import CropFlipAugmentation, EvalTransform, MultiCropAugmentation, normalize_uint8
 
 __all__ = ["epoch_permutation", "EpochSampler", "PretrainDataset", "EvalDataset", "build_source", "build_pretrain_dataset",
            "build_eval_datasets", "collate_pretrain", "ring_buffer_bytes", "release_workers"]
@@ -95,7 +95,8 @@ def collate_pretrain(batch):
 
 class PretrainDataset(Dataset):
     """Items: (list of crops as float32 CHW arrays, list of bool (H, W) masks for the global
-    crops, label). ``mask_generator=None`` (DINO) gives an empty mask list.
+    crops, label); inside the loader, with ``uint8_transport``, the crops are uint8 HWC and
+    ``to_jittor`` normalizes the batch. ``mask_generator=None`` (DINO) gives an empty mask list.
 
     Call ``set_epoch(e)`` before iterating epoch ``e`` (without it, each full iteration moves to
     the next epoch). Direct indexing ``ds[i]`` uses the current epoch; indices the loader passes
@@ -125,6 +126,9 @@ class PretrainDataset(Dataset):
         self._dirty = False
         self.set_attrs(total_len=self.num_samples)
         self._sampler = EpochSampler(self)
+        # jhssl.perf.uint8_transport: batches travel as uint8 and are normalized in to_jittor
+        from jhssl import perf
+        self.uint8_transport = perf.uint8_transport_enabled() and hasattr(transform, "uint8_output")
 
     @property
     def epoch(self) -> int:
@@ -188,6 +192,10 @@ class PretrainDataset(Dataset):
         skip, self._skip = self._skip, 0
         self._iter_start = True
         done = False
+        # the loader's items (built here or in workers forked from here) carry uint8 views;
+        # direct indexing ds[i] outside an iteration keeps giving normalized float32
+        if self.uint8_transport:
+            self.transform.uint8_output = True
         try:
             for i, batch in enumerate(super().__iter__()):
                 if i < skip:
@@ -195,6 +203,8 @@ class PretrainDataset(Dataset):
                 yield batch
             done = True
         finally:
+            if self.uint8_transport:
+                self.transform.uint8_output = False
             self._consumed += 1
             self._epoch += 1
             if not self._generated[self._consumed:]:
@@ -223,11 +233,26 @@ class PretrainDataset(Dataset):
         crops = self.transform(img, rng)
         masks = []
         if self.mask_generator is not None:
-            masks = [self.mask_generator(c.shape[-1], rng, epoch) for c in crops[:self.transform.n_global]]
+            # the crop's width: CHW float32, or HWC uint8 under the uint8 transport
+            masks = [self.mask_generator(c.shape[-2] if c.dtype == np.uint8 else c.shape[-1], rng, epoch)
+                     for c in crops[:self.transform.n_global]]
         return crops, masks, label
 
     def collate_batch(self, batch):
         return collate_pretrain(batch)
+
+    def to_jittor(self, batch):
+        # In the training process, on each collated (crops, masks, labels) batch (Jittor then calls
+        # this again on its parts): uint8 (B, H, W, 3) crops become normalized float32 (B, 3, H, W).
+        if (self.uint8_transport and isinstance(batch, (list, tuple)) and len(batch) == 3
+                and isinstance(batch[0], (list, tuple))):
+            t = self.transform
+            # a worker's ring buffer hands arrays over as Jittor Vars already: back to numpy (a small
+            # uint8 copy) so the arithmetic is normalize_uint8's, bit for bit
+            crops = [c.numpy() if isinstance(c, jt.Var) else c for c in batch[0]]
+            crops = [normalize_uint8(c, t.mean, t.std) if c.dtype == np.uint8 else c for c in crops]
+            batch = (crops, batch[1], batch[2])
+        return super().to_jittor(batch)
 
 
 class EvalDataset(Dataset):
@@ -307,7 +332,7 @@ def build_pretrain_dataset(cfg) -> PretrainDataset:
                           f"than batch_size={cfg.batch_size}: no full batch can be formed")
     # Jittor's workers prefetch until their ring buffer is full: two batches of this rank
     per_rank = -(-cfg.batch_size // (jt.world_size if jt.in_mpi else 1))
-    sample_bytes = 4 * 3 * (views.n_global * d.global_crop_size ** 2 + n_local * d.local_crop_size ** 2) \
+    sample_bytes = (1 if ds.uint8_transport else 4) * 3 * (views.n_global * d.global_crop_size ** 2 + n_local * d.local_crop_size ** 2) \
         + 2 * (d.global_crop_size // mask_px) ** 2 + 64
     buffer_size = ring_buffer_bytes(per_rank, sample_bytes)
     ds.set_attrs(batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True, buffer_size=buffer_size)

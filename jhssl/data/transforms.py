@@ -87,11 +87,17 @@ def solarize(img: Image.Image) -> Image.Image:
     return ImageOps.solarize(img, threshold=128)
 
 
+def normalize_uint8(a: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W), (x / 255 - mean) / std: one image or a batch,
+    with the same float32 arithmetic per element either way."""
+    x = np.asarray(a, dtype=np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
 def to_normalized_array(img: Image.Image, mean, std) -> np.ndarray:
     """uint8 HWC image -> float32 CHW, (x / 255 - mean) / std."""
-    a = np.asarray(img.convert("RGB"), dtype=np.float32) * (1.0 / 255.0)
-    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+    return normalize_uint8(np.asarray(img.convert("RGB")), mean, std)
 
 
 class MultiCropAugmentation:
@@ -112,6 +118,9 @@ class MultiCropAugmentation:
         self.mean, self.std = tuple(mean), tuple(std)
         self.blur_sigma = tuple(blur_sigma)
         # (crop size, crop scale, blur p, solarize p) per view, in DINO's order.
+        # False: views are normalized float32 CHW; True: uint8 HWC, normalized later by the
+        # caller with normalize_uint8 (the pretraining loader's uint8 transport, jhssl.perf)
+        self.uint8_output = False
         self.views = ([(self.global_crop_size, self.global_crops_scale, 1.0, 0.0),
                        (self.global_crop_size, self.global_crops_scale, 0.1, 0.2)][:self.n_global]
                       + [(self.local_crop_size, self.local_crops_scale, 0.5, 0.0)] * self.local_crops_number)
@@ -150,6 +159,8 @@ class MultiCropAugmentation:
             img = solarize(img)
         if trace is not None:
             trace.append(applied)
+        if self.uint8_output:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
         return to_normalized_array(img, self.mean, self.std)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator, trace: list | None = None):
