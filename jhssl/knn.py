@@ -141,6 +141,9 @@ def extract_features(model_fn: Callable, dataset, batch_size: int | None = None,
                     jt.gc()
     finally:
         release_workers(dataset)  # one pass: no idle workers (and buffers) through the training
+        # the batch-256 forward grew the heap; data workers forked later would inherit it
+        from jhssl.memory import release_free_memory
+        release_free_memory()
     if feats is None:
         raise ValueError("feature extraction got no batches (empty dataset?)")
     if jt.in_mpi:

@@ -168,3 +168,20 @@ def test_uint8_transport_gives_the_float32_loaders_batches(workers):
         assert all(a.dtype == b.dtype == np.float32 and a.shape == b.shape for a, b in zip(c0, c1))
         for a, b in zip(c0 + m0 + [y0], c1 + m1 + [y1]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_release_free_memory_returns_heap_pages():
+    """After many small allocations are freed, malloc_trim brings the RSS back down (glibc)."""
+    from jhssl.memory import release_free_memory
+
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+    blocks = [bytearray(4000) for _ in range(50_000)]  # ~200 MB of small heap blocks
+    keep = blocks[-1]
+    del blocks
+    before = rss_mb()
+    if not release_free_memory():
+        pytest.skip("no malloc_trim (not glibc)")
+    assert rss_mb() < before - 50, (before, rss_mb())
+    assert len(keep) == 4000
