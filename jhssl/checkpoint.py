@@ -84,9 +84,13 @@ def set_rng_state(state):
 
 
 def atomic_save(obj, path):
-    """``jt.save`` to ``path`` atomically: a crash mid-write never leaves a truncated checkpoint."""
-    with atomic_output(path) as tmp:
-        jt.save(obj, tmp)
+    """``jt.save``'s format to ``path`` atomically: a crash mid-write never leaves a truncated
+    checkpoint. Streamed (:func:`jhssl.weights_io.save_jittor_pickle`): no in-memory copies of the file."""
+    if path.endswith((".pth", ".pt", ".bin")):  # jt.save writes PyTorch's format there
+        with atomic_output(path) as tmp:
+            jt.save(obj, tmp)
+        return
+    weights_io.save_jittor_pickle(obj, path)
 
 
 def load_checkpoint(path, trusted=False):

@@ -185,3 +185,19 @@ def test_release_free_memory_returns_heap_pages():
         pytest.skip("no malloc_trim (not glibc)")
     assert rss_mb() < before - 50, (before, rss_mb())
     assert len(keep) == 4000
+
+
+def test_streamed_checkpoint_has_jt_save_bytes(tmp_path):
+    """atomic_save streams the pickle: the file is byte for byte what jt.save writes, and loads."""
+    import jittor as jt
+
+    from jhssl.checkpoint import atomic_save, load_checkpoint
+    rng = np.random.default_rng(0)
+    state = {"student": {"w": rng.normal(size=(300, 200)).astype(np.float32), "b": np.arange(7)},
+             "config": {"lr": 1e-3, "name": "x"}, "iteration": 5, "rng": {"numpy": np.random.get_state()}}
+    atomic_save(state, str(tmp_path / "ours.pkl"))
+    jt.save(state, str(tmp_path / "jt.pkl"))
+    assert (tmp_path / "ours.pkl").read_bytes() == (tmp_path / "jt.pkl").read_bytes()
+    back = load_checkpoint(str(tmp_path / "ours.pkl"))
+    np.testing.assert_array_equal(back["student"]["w"], state["student"]["w"])
+    assert back["iteration"] == 5
