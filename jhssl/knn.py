@@ -124,6 +124,8 @@ def extract_features(model_fn: Callable, dataset, batch_size: int | None = None,
         from tqdm import tqdm
         it = tqdm(dataset, desc="features", leave=False)
     from jhssl.data.datasets import release_workers
+    from jhssl.memory import release_free_memory
+    release_free_memory()  # workers forked below start with this process's resident pages
     try:
         with jt.no_grad():
             for step, (imgs, lab, idx) in enumerate(it):
@@ -141,9 +143,7 @@ def extract_features(model_fn: Callable, dataset, batch_size: int | None = None,
                     jt.gc()
     finally:
         release_workers(dataset)  # one pass: no idle workers (and buffers) through the training
-        # the batch-256 forward grew the heap; data workers forked later would inherit it
-        from jhssl.memory import release_free_memory
-        release_free_memory()
+        release_free_memory()  # the batch-256 forward grew the heap: later forks would inherit it
     if feats is None:
         raise ValueError("feature extraction got no batches (empty dataset?)")
     if jt.in_mpi:

@@ -336,6 +336,8 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     finally:
         if iter_bar is not None:
             iter_bar.close()
+        from jhssl.data.datasets import release_workers
+        release_workers(dataset)  # they would load a next epoch through the k-NN, holding memory
 
     check_finite()
     finished = it >= total_iters

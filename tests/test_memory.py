@@ -201,3 +201,4 @@ def test_streamed_checkpoint_has_jt_save_bytes(tmp_path):
     back = load_checkpoint(str(tmp_path / "ours.pkl"))
     np.testing.assert_array_equal(back["student"]["w"], state["student"]["w"])
     assert back["iteration"] == 5
+
