@@ -264,7 +264,7 @@ def markdown(res) -> str:
         lg = run["phases"].get("logging", {})
         lines += ["", f"Data workers (at iteration ends): {lg.get('max_workers', 0)} processes, RSS sum up to "
                   f"{_fmt(lg.get('max_workers_rss_mb'))} MB; whole tree PSS up to {_fmt(lg.get('max_tree_pss_mb'))} MB. "
-                  f"Training process peak RSS over the run {run['process_peak_rss_mb']:.0f} MB (since the last reset).", "",
+                  f"Training process RSS at the end (after the last k-NN) {run['final_rss_mb']:.0f} MB.", "",
                   "| event | ms | peak RSS in phase (MB) | RSS after (MB) | Jittor used / cached (MB) | workers | workers RSS (MB) | tree PSS (MB) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for e in run["events"]:
