@@ -60,6 +60,8 @@ def main(argv=None):
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--work-dir", default="output/fmnist_eval_table")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--name", default="fmnist_eval_table", help="results file stem in benchmarks/results/")
+    p.add_argument("--title", default="", help="what the checkpoints are (method, recipe), for the table heading")
     p.add_argument("--set", action="append", default=[], metavar="PROTOCOL:KEY=VALUE",
                    help="a config override for one protocol (repeatable), e.g. finetune:epochs=2; "
                         "the budgets used are written into the results")
@@ -110,10 +112,10 @@ def main(argv=None):
            "machine": machine, "commands": commands, "table": table, "overrides": extra,
            "seconds_per_run": seconds}
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    base = os.path.join(ROOT, "benchmarks", "results", "fmnist_eval_table")
+    base = os.path.join(ROOT, "benchmarks", "results", args.name)
     atomic_write_text(base + ".json", json.dumps(rec, indent=1))
     lines = ["# Fashion-MNIST: k-NN / linear / fine-tuning / 10 % semi-supervised (top-1 %, mean ± std over seeds "
-             f"{args.seeds})", "", f"Machine: {machine_line(machine)}", "",
+             f"{args.seeds})", "", *([args.title, ""] if args.title else []), f"Machine: {machine_line(machine)}", "",
              "| protocol | baseline (per seed) | HSSL (per seed) | baseline | HSSL | HSSL − baseline (paired) |",
              "|---|---|---|---|---|---|"]
     for proto, t in table.items():
