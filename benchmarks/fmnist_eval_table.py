@@ -23,6 +23,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -59,29 +60,46 @@ def main(argv=None):
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--work-dir", default="output/fmnist_eval_table")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--name", default="fmnist_eval_table", help="results file stem in benchmarks/results/")
+    p.add_argument("--title", default="", help="what the checkpoints are (method, recipe), for the table heading")
+    p.add_argument("--set", action="append", default=[], metavar="PROTOCOL:KEY=VALUE",
+                   help="a config override for one protocol (repeatable), e.g. finetune:epochs=2; "
+                        "the budgets used are written into the results")
     args = p.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        proto, sep, kv = item.partition(":")
+        if not sep or proto not in PROTOCOLS or "=" not in kv:
+            p.error(f"--set {item!r}: expected PROTOCOL:KEY=VALUE with PROTOCOL one of {', '.join(PROTOCOLS)}")
+        extra.setdefault(proto, []).append(kv)
     if not (len(args.baseline) == len(args.hssl) == len(args.seeds)):
         p.error("--baseline, --hssl and --seeds need one entry per seed")
-    runs, commands = {}, []
+    from jhssl.fileio import atomic_write_text
+    runs, commands, seconds = {}, [], {}
     for name, ckpts in (("baseline", args.baseline), ("hssl", args.hssl)):
         for seed, ckpt in zip(args.seeds, ckpts):
             out = os.path.join(args.work_dir, f"{name}_s{seed}")
             for proto in args.protocols:
                 tmpl, result, key = PROTOCOLS[proto]
                 cmd = f"{sys.executable} " + tmpl.format(ckpt=shlex.quote(ckpt), out=out, seed=seed)
+                cmd += "".join(" " + shlex.quote(kv) for kv in extra.get(proto, []))
                 commands.append(cmd)
                 if args.dry_run:
                     print(cmd)
                     continue
                 path = os.path.join(out, result)
+                timing = os.path.join(out, f"{proto}.seconds")
                 if not os.path.isfile(path):  # finished runs are not repeated
                     os.makedirs(out, exist_ok=True)
+                    t0 = time.time()
                     subprocess.run(shlex.split(cmd), cwd=ROOT, check=True)
+                    atomic_write_text(timing, f"{time.time() - t0:.1f}\n")
                 runs.setdefault((name, proto), []).append(_get(json.load(open(path)), key))
+                if os.path.isfile(timing):
+                    seconds.setdefault(proto, []).append(float(open(timing).read()))
     if args.dry_run:
         return 0
-    from benchmarks.common import machine_info
-    from jhssl.fileio import atomic_write_text
+    from benchmarks.common import machine_info, machine_line
     table = {}
     for proto in args.protocols:
         b, h = np.array(runs[("baseline", proto)]), np.array(runs[("hssl", proto)])
@@ -89,16 +107,28 @@ def main(argv=None):
         table[proto] = {"baseline": b.tolist(), "hssl": h.tolist(), "baseline_mean": b.mean(), "baseline_std": b.std(ddof=1) if len(b) > 1 else 0.0,
                         "hssl_mean": h.mean(), "hssl_std": h.std(ddof=1) if len(h) > 1 else 0.0,
                         "diff_mean": d.mean(), "diff_std": d.std(ddof=1) if len(d) > 1 else 0.0}
+    machine = machine_info()
     rec = {"date": datetime.datetime.utcnow().isoformat(timespec="seconds"), "seeds": args.seeds,
-           "machine": machine_info(), "commands": commands, "table": table}
+           "machine": machine, "commands": commands, "table": table, "overrides": extra,
+           "seconds_per_run": seconds}
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    base = os.path.join(ROOT, "benchmarks", "results", "fmnist_eval_table")
+    base = os.path.join(ROOT, "benchmarks", "results", args.name)
     atomic_write_text(base + ".json", json.dumps(rec, indent=1))
     lines = ["# Fashion-MNIST: k-NN / linear / fine-tuning / 10 % semi-supervised (top-1 %, mean ± std over seeds "
-             f"{args.seeds})", "", "| protocol | baseline | HSSL | HSSL − baseline (paired) |", "|---|---|---|---|"]
+             f"{args.seeds})", "", *([args.title, ""] if args.title else []), f"Machine: {machine_line(machine)}", "",
+             "| protocol | baseline (per seed) | HSSL (per seed) | baseline | HSSL | HSSL − baseline (paired) |",
+             "|---|---|---|---|---|---|"]
     for proto, t in table.items():
-        lines.append(f"| {proto} | {t['baseline_mean']:.2f} ± {t['baseline_std']:.2f} | {t['hssl_mean']:.2f} ± "
-                     f"{t['hssl_std']:.2f} | {t['diff_mean']:+.2f} ± {t['diff_std']:.2f} |")
+        per_seed = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
+        lines.append(f"| {proto} | {per_seed(t['baseline'])} | {per_seed(t['hssl'])} | {t['baseline_mean']:.2f} ± "
+                     f"{t['baseline_std']:.2f} | {t['hssl_mean']:.2f} ± {t['hssl_std']:.2f} | "
+                     f"{t['diff_mean']:+.2f} ± {t['diff_std']:.2f} |")
+    if extra:
+        lines += ["", "Budgets changed from the protocol configs: " + "; ".join(
+            f"{proto}: {' '.join(kvs)}" for proto, kvs in extra.items())]
+    if seconds:
+        lines += ["", "Wall seconds per evaluation run (mean): " + ", ".join(
+            f"{proto} {np.mean(v):.0f}" for proto, v in seconds.items())]
     lines += ["", "Linear probes ran in cached-features mode (see each linear_results.json).", "", "Commands:", "",
               "```", *commands, "```"]
     atomic_write_text(base + ".md", "\n".join(lines) + "\n")

@@ -198,19 +198,30 @@ def worker_vit(spec):
     return r
 
 
-def _ssl_inputs(spec, np):
+def _ssl_inputs(spec, np, views):
+    """Random crops and masks in the shapes the method declares (``jhssl.methods.registry.Views``)."""
     rng = np.random.RandomState(0)
     bs, g, l_, n_local, ps = spec["batch"], spec["global"], spec["local"], spec["n_local"], spec["patch"]
-    crops = [rng.randn(bs, 3, g, g).astype("float32") for _ in range(2)]
-    crops += [rng.randn(bs, 3, l_, l_).astype("float32") for _ in range(n_local)]
+    crops = [rng.randn(bs, 3, g, g).astype("float32") for _ in range(views.n_global)]
+    crops += [rng.randn(bs, 3, l_, l_).astype("float32") for _ in range(n_local if views.local_crops else 0)]
     grid = g // ps
-    masks = [rng.rand(bs, grid, grid) < 0.3 for _ in range(2)]  # iBOT masks ~30% of the patches
+    if views.masks == "block":  # iBOT masks ~30% of the patches
+        masks = [rng.rand(bs, grid, grid) < 0.3 for _ in range(views.n_global)]
+    elif views.masks == "random":  # MAE: exactly mae.mask_ratio of each image's patches (75 %)
+        keep = int(round(grid * grid * 0.25))
+        masks = [np.stack([(rng.permutation(grid * grid) >= keep).reshape(grid, grid) for _ in range(bs)])
+                 for _ in range(views.n_global)]
+    else:
+        masks = []
     return crops, masks
 
 
 def worker_ssl(spec):
     import numpy as np
-    crops_np, masks_np = _ssl_inputs(spec, np)
+    from jhssl.methods.registry import method_spec
+    name = spec.get("method", "ibot")
+    views = method_spec(name).views
+    crops_np, masks_np = _ssl_inputs(spec, np, views)
     if spec["framework"] == "jittor":
         jt = _jittor(spec["fast"])
         from jhssl import perf
@@ -221,16 +232,15 @@ def worker_ssl(spec):
         except ImportError as exc:
             return {"unavailable": f"jhssl.methods not available yet: {exc}"}
         heads = spec["heads"]
-        name = spec.get("method", "ibot")
         overrides = [f"model.arch={spec['arch']}", f"model.patch_size={spec['patch']}",
                      f"data.global_crop_size={spec['global']}", f"batch_size={spec['batch']}",
                      "model.drop_path_rate=0.0", f"method={name}"]
-        if name == "mocov3":  # two views (no multi-crop, Table VI(b)), no masks, the official projector sizes
-            crops_np, masks_np = crops_np[:2], []
-        else:
+        if views.local_crops:
             overrides += [f"data.local_crop_size={spec['local']}", f"data.local_crops_number={spec['n_local']}"]
         overrides += ["hssl=null"] if not heads else [f"hssl.heads=[{','.join(heads)}]", f"hssl.depth={spec['depth']}"]
-        if heads and name == "ibot":
+        if name == "mae":  # the decoder of configs/mae_hssl_vit_small_16.yaml (no wider than the ViT-S)
+            overrides += ["mae.decoder_embed_dim=384", "mae.decoder_depth=8", "mae.decoder_num_heads=12"]
+        if heads and views.masks == "block":
             overrides.append(f"hssl.patch_level={spec.get('patch_level', 'head')}")
         cfg = load_config(None, overrides)
         if spec.get("search"):  # the quick search: candidates in parallel, own projections each (Eqs. 6-7)
@@ -247,7 +257,8 @@ def worker_ssl(spec):
         def step():
             parts = method.compute_loss(crops, masks, 0)
             opt.step(parts["loss"])
-            method.ema_update(0.99 if name == "mocov3" else 0.996)
+            if method.teacher is not None:  # MAE has no teacher
+                method.ema_update(cfg.optim.momentum_teacher)
 
         r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
         r["n_params"] = sum(p.numel() for g in opt.param_groups for p in g["params"])
@@ -383,6 +394,9 @@ def plan(quick):
     P.append(("ssl", "mocov3 baseline jittor", dict(ssl, framework="jittor", heads=[], method="mocov3")))
     P.append(("ssl", "mocov3 hssl-convnext jittor", dict(ssl, framework="jittor", heads=["convnext"],
                                                           method="mocov3")))
+    # MAE (+ HSSL, Appendix D): one view, 75 % random masks, the ViT-S recipe's decoder (384 wide, 8 deep)
+    P.append(("ssl", "mae baseline jittor", dict(ssl, framework="jittor", heads=[], method="mae")))
+    P.append(("ssl", "mae hssl-convnext jittor", dict(ssl, framework="jittor", heads=["convnext"], method="mae")))
     P.append(("ssl", "baseline torch", dict(ssl, framework="torch", heads=[])))
     P.append(("ssl", "hssl-convnext torch", dict(ssl, framework="torch", heads=["convnext"])))
     batches = [16, 64] if quick else [8, 16, 32, 64, 128]
@@ -481,6 +495,11 @@ def summarize(results, meta):
                                                   get("mocov3 baseline jittor", "median_s")), "", "MoCo v3, Eq. 11"),
         "mocov3_hssl_over_baseline_peak_rss": (_ratio(get("mocov3 hssl-convnext jittor", "peak_rss_mb"),
                                                       get("mocov3 baseline jittor", "peak_rss_mb")), "", ""),
+        # no FLOP ratio for MoCo v3 / MAE: FLOPs are counted on the torch twins, which exist for iBOT only
+        "mae_hssl_over_baseline_step": (_ratio(get("mae hssl-convnext jittor", "median_s"),
+                                               get("mae baseline jittor", "median_s")), "", "MAE, Appendix D"),
+        "mae_hssl_over_baseline_peak_rss": (_ratio(get("mae hssl-convnext jittor", "peak_rss_mb"),
+                                                   get("mae baseline jittor", "peak_rss_mb")), "", ""),
         "jittor_over_torch_hssl_throughput": (_ratio(torch_hssl_t, hssl_t), ">= 1.2", "1.0"),
         "hssl_step_flops_over_gemm_peak": (_ratio(flops / hssl_t / 1e9 if flops and hssl_t else None, gemm_peak),
                                            ">= 0.60", "torch 0.45 to 0.60"),
@@ -528,12 +547,12 @@ def summarize(results, meta):
         md.append(f"| {name} | {_fmt(jf, 1)} | {_fmt(jp, 1)} | {_fmt(tt, 1)} | {_fmt(_ratio(jf, tt))} | "
                   f"{_fmt(fl / jt_s / 1e9 if fl and jt_s else None, 1)} | {_fmt(fl / t_s / 1e9 if fl and t_s else None, 1)} |")
 
-    md += ["", "## iBOT training step (teacher fwd, student fwd+bwd, AdamW, EMA)", "",
+    md += ["", "## Training steps (iBOT, the search, MoCo v3, MAE: forward(s), backward, AdamW, EMA where there is a teacher)", "",
            "| config | step s | peak RSS MB | RSS after build MB | note |", "|---|---|---|---|---|"]
     for label in ("baseline jittor", "hssl-convnext jittor", "hssl-convnext jittor, every token projected",
                   "hssl-convnext jittor, image level only",
                   "search-1head jittor", "search-6heads jittor", "mocov3 baseline jittor", "mocov3 hssl-convnext jittor",
-                  "baseline torch", "hssl-convnext torch"):
+                  "mae baseline jittor", "mae hssl-convnext jittor", "baseline torch", "hssl-convnext torch"):
         r = R.get(label, {})
         note = r.get("unavailable") or r.get("error") or ""
         md.append(f"| {label} | {_fmt(r.get('median_s'), 3)} | {_fmt(r.get('peak_rss_mb'), 0)} | "

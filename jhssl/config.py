@@ -28,7 +28,8 @@ import yaml
 
 from jhssl.fileio import atomic_write_text
 from jhssl.errors import UserError
-from jhssl.methods.registry import foreign_keys, method_names, method_spec as _method_spec
+from jhssl.methods.registry import config_problem as method_config_problem, foreign_keys, method_names, \
+    method_spec as _method_spec
 
 __all__ = [
     "ConfigError", "Config", "F", "SCHEMA", "HEAD_ARCHS", "load_config", "config_from_dict",
@@ -462,16 +463,9 @@ def _cross_checks(cfg: Config) -> None:
                           f"{h.connection!r}: the supervision ablation (Table XIV) is for the serial head")
     if cfg.resume is not None and cfg.resume.lower() == "none":
         cfg.resume = None
-    if cfg.method == "mocov3":
-        mo = cfg.mocov3
-        if "queue" in mo.negatives:
-            if mo.queue_size <= 0 or mo.queue_size % cfg.batch_size:
-                raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} must be a positive multiple "
-                                  f"of batch_size = {cfg.batch_size} with mocov3.negatives={mo.negatives} (each "
-                                  f"step enqueues whole global batches of keys)")
-        elif mo.queue_size:
-            raise ConfigError(f"config key 'mocov3.queue_size' = {mo.queue_size} is set but mocov3.negatives="
-                              f"{mo.negatives} uses no queue: set mocov3.negatives=queue or batch+queue")
+    problem = method_config_problem(cfg)  # the method's own section (MethodSpec.check_config)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _non_default_keys(values: dict, schema: dict, prefix: str = "") -> list:

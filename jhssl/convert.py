@@ -186,6 +186,9 @@ def match_to_target(sd: Mapping[str, np.ndarray], target: Mapping[str, tuple],
         elif k.endswith("relative_position_bias_table") and v.ndim == 2 and v.shape[1] == shape[1]:
             out[k] = resize_rel_pos_table(v, shape[0])
             report.resized[k] = (tuple(v.shape), shape)
+        elif v.size == 1 and int(np.prod(shape)) == 1:
+            # A scalar buffer (BatchNorm's num_batches_tracked): () in PyTorch, (1,) in Jittor.
+            out[k] = v.reshape(shape)
         else:
             raise ArchMismatchError(
                 f"checkpoint does not fit the target architecture: first mismatching key '{k}': "
@@ -276,8 +279,10 @@ def convert_file(src: str, arch: str, out: Optional[str] = None, strict: bool = 
                                                  "or .pkl (Jittor)")
     obj = weights_io.load_checkpoint(src, trusted=trusted)
     model_kwargs = dict(model_kwargs or {})
-    if aux_head is not None:
-        model_kwargs.setdefault("use_mask_token", True)
+    if aux_head is not None and "use_mask_token" not in model_kwargs:
+        # The authors' students carry a mask token; a base without one (ResNet, PVT-v2) is built without.
+        from models.registry import options_taken
+        model_kwargs.update(options_taken(arch, {"use_mask_token": True}))
     _, _, target = build_target(arch, aux_head, aux_depth, **model_kwargs)
     optional = {k for k in target if k.endswith("mask_token")}
     sd, report = convert_state_dict(obj, target, which=which, optional=optional)

@@ -32,7 +32,18 @@ FORMATS = ("timm", "dino", "mmseg")
 
 def infer_arch(obj: Any) -> Tuple[Optional[str], Dict[str, Any]]:
     """(registry name, model kwargs) recorded in a checkpoint: our trainer's ``config.model`` or the
-    authors' ``args`` (argparse.Namespace)."""
+    authors' ``args`` (argparse.Namespace).
+
+    The kwargs are the ones the model takes (:func:`models.registry.options_taken`): a config records
+    ``patch_size``/``img_size`` for every base, but ResNet or PVT-v2 do not take them."""
+    arch, kwargs = _recorded_arch(obj)
+    if arch is None:
+        return None, {}
+    from models.registry import options_taken
+    return arch, options_taken(arch, kwargs)
+
+
+def _recorded_arch(obj: Any) -> Tuple[Optional[str], Dict[str, Any]]:
     if not isinstance(obj, Mapping):
         return None, {}
     cfg = obj.get("config")
@@ -85,10 +96,18 @@ def extract_base(obj: Any, which: str = "teacher",
         if not has_backbone and any(re.fullmatch(p, key) for p in convert.HEAD_PATTERNS):
             report.dropped[k] = "head"
             continue
-        out[key] = v
+        out[key] = to_torch_layout(key, v)
     if not out:
         raise ValueError("no base-model weights found in the checkpoint")
     return out
+
+
+def to_torch_layout(key: str, value: np.ndarray) -> np.ndarray:
+    """Jittor has no 0-d Vars: BatchNorm's ``num_batches_tracked`` is shape (1,) in our models and ()
+    in PyTorch's (timm's ResNet); torch's strict ``load_state_dict`` rejects the other shape."""
+    if key.endswith("num_batches_tracked") and value.shape == (1,):
+        return value.reshape(())
+    return value
 
 
 def check_timm_keys(sd: Mapping[str, np.ndarray], timm_name: str, any_pos_embed_len: bool = False,

@@ -215,7 +215,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
     last_parts = {}
     student.train()
     if teacher is not None:
-        teacher.eval()
+        teacher.train()  # as DINO: batch statistics in the teacher's BatchNorms (see Method.__init__)
     # First iteration with a non-finite loss (-1: none); a lazy Var, read at log/checkpoint time.
     first_bad = jt.array(np.array([-1], dtype=np.int32)).stop_grad()
     iter_bar = None

@@ -170,8 +170,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
     if storage_offset < 0 or any(st < 0 for st in stride) or len(stride) != len(size) or last >= storage.size:
         raise CorruptFileError(f"tensor view (offset {storage_offset}, size {size}, stride {stride}) lies "
                                f"outside its storage of {storage.size} elements: the file is corrupted")
-    if not size:
-        return storage[storage_offset].copy()
+    if not size:  # a 0-d tensor (BatchNorm's num_batches_tracked): a 0-d array, not a numpy scalar
+        return storage[storage_offset:storage_offset + 1].reshape(()).copy()
     itemsize = storage.dtype.itemsize
     view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=size,
                                            strides=tuple(s * itemsize for s in stride))

@@ -13,7 +13,7 @@ registered without a declaration (``register_model(fn)``) is taken to accept eve
 ``pretrained=`` goes through a loader that a higher layer registers (``jhssl.zoo`` does, on
 import, with :func:`set_pretrained_loader`): models/ never imports the zoo.
 """
-from typing import Callable, Dict, FrozenSet, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Sequence
 
 _MODELS: Dict[str, Callable] = {}
 _INFO: Dict[str, "ModelInfo"] = {}
@@ -42,6 +42,10 @@ class ModelInfo(NamedTuple):
     """
     options: Optional[FrozenSet[str]]
     mask_patch_multiple: int = 1
+
+    def takes(self, option: str) -> bool:
+        """Whether the model's factory takes the build option ``option``."""
+        return self.options is None or option in self.options
 
 
 def register_model(fn: Optional[Callable] = None, *, options: Optional[Sequence[str]] = None,
@@ -85,6 +89,17 @@ def model_info(name: str) -> ModelInfo:
     return _INFO[name]
 
 
+def options_taken(name: str, kwargs: Mapping[str, object]) -> Dict[str, object]:
+    """The part of ``kwargs`` (build options recorded elsewhere, e.g. a training config's
+    ``patch_size``/``img_size``) that model ``name`` takes; all of it for an undeclared factory or
+    a name nobody registered (nothing to ask)."""
+    _ensure_registered()
+    info = _INFO.get(name)
+    if info is None:
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if info.takes(k)}
+
+
 def create_model(name: str, pretrained=None, **kwargs):
     """Build a registered model; ``pretrained`` names a zoo entry or a local file (needs a registered loader)."""
     _check_known(name)
@@ -97,8 +112,10 @@ def create_model(name: str, pretrained=None, **kwargs):
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
-        raise ModelOptionError(f"model '{name}' does not take the option given ({e}); options: "
-                               f"{', '.join(sorted(kwargs))}") from e
+        declared = _INFO[name].options
+        raise ModelOptionError(f"model '{name}' does not take the option given ({e}); given: "
+                               f"{', '.join(sorted(kwargs))}" + ("" if declared is None else
+                               f"; its build options: {', '.join(sorted(declared)) or 'none'}")) from e
     if pretrained:
         _PRETRAINED_LOADER(model, pretrained, arch=name)
     return model

@@ -170,3 +170,39 @@ def test_swin_crop_not_divisible_by_mask_cells_is_a_config_error():
                              "method=ibot"])
     with pytest.raises(ConfigError, match="multiple of 32"):
         check_base_model(cfg)
+
+
+def test_resnet_teacher_batchnorm_as_dino():
+    """Issue 15: a BatchNorm base under the EMA teacher does what DINO's main_dino.py does. The
+    teacher stays in train mode while training, so its BatchNorms normalise with the batch
+    statistics of its own global crops and update their running statistics from them; the EMA moves
+    the parameters only (``student.parameters()``), never the running statistics."""
+    cfg = _cfg("resnet-dino")
+    jt.set_global_seed(0)
+    m = build_model(cfg)
+    assert m.teacher.is_training()
+    paired = {id(t) for _, t in m.param_pairs()}
+    named = dict(m.teacher.named_parameters())
+    buffers = [n for n in named if n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert buffers and not any(id(named[n]) in paired for n in buffers)
+    assert {id(named["backbone.bn1.weight"]), id(named["backbone.bn1.bias"])} <= paired
+    # one iteration: the teacher's stem BatchNorm sees the two global crops, batched together
+    rng = np.random.default_rng(0)
+    g, l = cfg.data.global_crop_size, cfg.data.local_crop_size
+    crops = [jt.array(rng.normal(size=(4, 3, g, g)).astype(np.float32)) for _ in range(2)]
+    crops.append(jt.array(rng.normal(size=(4, 3, l, l)).astype(np.float32)))
+    t_bn, s_bn = m.teacher.backbone.bn1, m.student.backbone.bn1
+    with jt.no_grad():
+        stem = m.teacher.backbone.conv1(jt.concat(crops[:2], dim=0)).numpy()
+    m.compute_loss(crops, None, 0)
+    np.testing.assert_allclose(t_bn.running_mean.numpy(), 0.1 * stem.mean(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(t_bn.running_var.numpy(), 0.9 + 0.1 * stem.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    assert int(t_bn.num_batches_tracked.numpy()[0]) == 1
+    # the EMA: parameters move, the running statistics stay the teacher's own
+    s_bn.weight.update(s_bn.weight + 1.0)
+    before = {k: getattr(t_bn, k).numpy().copy() for k in ("weight", "running_mean", "running_var")}
+    m.ema_update(0.5)
+    np.testing.assert_allclose(t_bn.weight.numpy(), 0.5 * before["weight"] + 0.5 * s_bn.weight.numpy(), rtol=1e-6)
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(getattr(t_bn, k).numpy(), before[k])
+        assert not np.allclose(getattr(s_bn, k).numpy(), before[k])  # the student's own statistics differ

@@ -1,4 +1,5 @@
-"""The FLOP count the benchmark suite reports (benchmarks/run.py) against hand-counted FLOPs."""
+"""The benchmark suite's helpers (benchmarks/run.py): FLOP counts against hand-counted FLOPs, machine facts, SSL inputs."""
+import numpy as np
 import pytest
 
 from tests._torch import require
@@ -50,3 +51,28 @@ def test_onednn_isa_is_parsed_from_its_verbose_info_line():
     assert parse_onednn_isa(out) == "Intel AVX-512 with Intel DL Boost and bfloat16 support"
     assert parse_onednn_isa("onednn_verbose,info,cpu,isa:Intel AVX2\n") == "Intel AVX2"
     assert parse_onednn_isa("no verbose output") is None
+
+
+def test_ssl_inputs_follow_the_views_each_method_declares():
+    from benchmarks.run import _ssl_inputs
+    from jhssl.methods.registry import method_spec
+    spec = dict(batch=3, local=8, n_local=2, patch=4)
+    spec["global"] = 16
+    crops, masks = _ssl_inputs(spec, np, method_spec("ibot").views)
+    assert [c.shape for c in crops] == [(3, 3, 16, 16)] * 2 + [(3, 3, 8, 8)] * 2 and len(masks) == 2
+    crops, masks = _ssl_inputs(spec, np, method_spec("mocov3").views)
+    assert [c.shape for c in crops] == [(3, 3, 16, 16)] * 2 and masks == []
+    crops, masks = _ssl_inputs(spec, np, method_spec("mae").views)
+    assert [c.shape for c in crops] == [(3, 3, 16, 16)] and len(masks) == 1
+    assert masks[0].shape == (3, 4, 4) and (masks[0].reshape(3, -1).sum(1) == 12).all()  # exactly 75 %
+
+
+@pytest.mark.slow
+def test_ssl_worker_times_an_mae_hssl_step():
+    from benchmarks.run import worker_ssl
+    spec = dict(kind="ssl", framework="jittor", method="mae", heads=["convnext"], arch="vit_tiny", patch=4,
+                local=16, n_local=2, batch=2, warmup=1, iters=1, fast=True, masked=True, depth=1)
+    spec["global"] = 32
+    r = worker_ssl(spec)
+    assert "error" not in r, r
+    assert r["median_s"] > 0 and r["peak_rss_mb"] > 0 and r["n_params"] > 0

@@ -146,3 +146,32 @@ def test_non_strict_drops_unknown_keys_of_old_checkpoints():
     with pytest.warns(UserWarning, match="data.retired_option.*gone|gone.*data.retired_option"):
         cfg = config_from_dict(old, strict=False)
     assert cfg.epochs == 4 and cfg.data.subset == 0.5
+
+
+# ----------------------------------------------------------------------------- a method's own checks
+def test_mocov3_queue_errors_come_from_the_method_spec():
+    """Issue 12: config.py names no method; MoCo v3 checks its own section (MethodSpec.check_config)."""
+    with pytest.raises(ConfigError, match=r"^config key 'mocov3.queue_size' = 1000 must be a positive multiple "
+                                          r"of batch_size = 256 with mocov3.negatives=queue \(each step"):
+        load_config(None, ["method=mocov3", "mocov3.negatives=queue", "mocov3.queue_size=1000"])
+    with pytest.raises(ConfigError, match=r"^config key 'mocov3.queue_size' = 512 is set but mocov3.negatives="
+                                          r"batch uses no queue: set mocov3.negatives=queue or batch\+queue$"):
+        load_config(None, ["method=mocov3", "mocov3.negatives=batch", "mocov3.queue_size=512"])
+    assert load_config(None, ["method=mocov3", "mocov3.negatives=batch+queue", "mocov3.queue_size=512"])
+
+
+def test_config_calls_each_methods_own_check(monkeypatch):
+    import dataclasses
+    from jhssl.methods import registry
+    seen = []
+
+    def check(cfg):
+        seen.append(cfg.method)
+        return "config key 'loss.teacher_temp' is wrong for dino (test hook)" if cfg.loss.teacher_temp > 0.05 else None
+
+    monkeypatch.setitem(registry.SPECS, "dino", dataclasses.replace(registry.SPECS["dino"], check_config=check))
+    with pytest.raises(ConfigError, match=r"^config key 'loss.teacher_temp' is wrong for dino \(test hook\)$"):
+        load_config(None, ["method=dino", "loss.teacher_temp=0.07"])
+    assert load_config(None, ["method=dino", "loss.teacher_temp=0.04"]).method == "dino"
+    load_config(None, ["method=ibot"])  # another method's hook is not called
+    assert seen == ["dino", "dino"]

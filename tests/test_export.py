@@ -19,6 +19,9 @@ import jittor as jt  # noqa: E402
 import models  # noqa: E402
 from jhssl.checkpoint import atomic_save  # noqa: E402
 from models.heads import build_aux_head  # noqa: E402
+from models.registry import list_models, model_info, options_taken, register_model  # noqa: E402
+from tests.test_bases_other import TINY as TINY_BASES, _torch_pvt, _torch_resmlp, _torch_resnet  # noqa: E402
+from tests.test_bases_other import _randomise as _randomise_bases  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -100,15 +103,23 @@ def test_swin_export_round_trip_through_torch_gives_same_features(tmp_path):
     assert np.abs(base(jt.array(img)).numpy() - ref).max() < TOL
 
 
+# A trainer's config records patch_size and img_size (null: data.global_crop_size) for every base.
+TRAINER_MODEL_CFG = {"patch_size": 16, "img_size": None}
+
+
 @pytest.mark.parametrize("arch,timm_name,kwargs", [
     ("vit_small", "vit_small_patch16_224", {"patch_size": 16}),
     ("swin_tiny", "swin_tiny_patch4_window7_224", {}),
+    # bases without patch_size/img_size options (issue 15): the recorded values are not theirs
+    ("resnet50", "resnet50", TRAINER_MODEL_CFG),
+    ("pvt_v2_b2", "pvt_v2_b2", TRAINER_MODEL_CFG),
+    ("resmlp_12_224", "resmlp_12_224", TRAINER_MODEL_CFG),
 ])
 def test_timm_export_has_exactly_timms_keys_and_shapes(tmp_path, arch, timm_name, kwargs):
     ref = convert.timm_reference(timm_name)
-    base = models.create_model(arch, use_mask_token=True)
+    base = models.create_model(arch, **options_taken(arch, {"use_mask_token": True}))
     path = str(tmp_path / "ckpt.pkl")
-    teacher = _training_checkpoint(path, base, arch, kwargs)
+    teacher = _training_checkpoint(path, base, arch, kwargs, data_cfg={"global_crop_size": 224})
     out = str(tmp_path / "w.safetensors")
     res = export.export_checkpoint(path, out, fmt="timm")
     assert res["checked_against_timm"] and res["timm_name"] == timm_name
@@ -117,7 +128,60 @@ def test_timm_export_has_exactly_timms_keys_and_shapes(tmp_path, arch, timm_name
     assert all(tuple(header[k]["shape"]) == tuple(ref[k]) for k in ref)
     assert meta["format"] == "timm"
     sd = safetensors_io.load_file(out)
-    np.testing.assert_array_equal(sd["norm.weight"], teacher["backbone.norm.weight"])
+    last = [k for k in ref if k.endswith("weight")][-1]
+    np.testing.assert_array_equal(sd[last], teacher["backbone." + last])
+
+
+def _tiny_base_name(real):
+    """``<real>_export_tiny``: a tiny ``real`` (TINY_BASES) registered with the real factory's declared options."""
+    name = real + "_export_tiny"
+    if name not in list_models():
+        def factory(**kw):
+            return models.create_model(real, **TINY_BASES[real], **kw)
+        factory.__name__ = name
+        register_model(factory, options=model_info(real).options)
+    return name
+
+
+@pytest.mark.parametrize("real,torch_features", [
+    ("resnet50", lambda sd, img: _torch_resnet(sd, img, TINY_BASES["resnet50"]["layers"]).flatten(2).transpose(1, 2)),
+    ("pvt_v2_b2", lambda sd, img: _torch_pvt(sd, img, TINY_BASES["pvt_v2_b2"])[1]),
+    ("resmlp_12_224", lambda sd, img: _torch_resmlp(sd, img, TINY_BASES["resmlp_12_224"]["depth"])[1]),
+], ids=["resnet", "pvt", "resmlp"])
+def test_non_vit_trainer_checkpoint_exports_to_torch_and_converts_back(tmp_path, real, torch_features):
+    """Issue 15: a trainer checkpoint of each non-ViT base (config with patch_size/img_size, which
+    ResNet and PVT-v2 do not take) exports to a .pth that torch loads with the same features, and
+    converts (also with its auxiliary head, as run/convert.py --aux-head does) back into the model."""
+    arch = _tiny_base_name(real)
+    base = models.create_model(arch)
+    base.eval()
+    _randomise_bases(base, 11)
+    if real == "resnet50":
+        base.bn1.num_batches_tracked.assign(jt.array(np.array([7], np.int64)))
+    path = str(tmp_path / "ckpt.pkl")
+    teacher = _training_checkpoint(path, base, arch, TRAINER_MODEL_CFG, seed=11, data_cfg={"global_crop_size": 64})
+    assert export.infer_arch(weights_io.load_checkpoint(path)) == (
+        arch, {"img_size": 64, "patch_size": 16} if model_info(real).takes("patch_size") else {})
+    out = str(tmp_path / "base.pth")
+    res = export.export_checkpoint(path, out)
+    assert "img_size" not in res["note"]
+    sd = torch.load(out)
+    ours = base.state_dict()
+    assert set(sd) == set(ours)
+    for k, v in sd.items():  # torch layouts: BatchNorm's num_batches_tracked is 0-d there
+        assert tuple(v.shape) == (() if k.endswith("num_batches_tracked") else tuple(ours[k].shape)), k
+    if real == "resnet50":
+        assert int(sd["bn1.num_batches_tracked"]) == 7
+    img = np.random.default_rng(12).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        ref = torch_features(sd, torch.from_numpy(img)).numpy()
+    np.testing.assert_allclose(base.forward_features(jt.array(img))["patch"].numpy(), ref, rtol=1e-4, atol=1e-4)
+    # back into Jittor: the exported .pth, and the training checkpoint with its auxiliary head
+    back, report = convert.convert_file(out, arch, strict=True)
+    assert report.clean and all(np.array_equal(back[k], v.numpy()) for k, v in ours.items())
+    full, report = convert.convert_file(path, arch, which="teacher", aux_head="convnext", aux_depth=1, strict=True)
+    assert set(full) == {k for k in teacher if not k.startswith("proj_")}
+    np.testing.assert_array_equal(full["aux_head.norm.weight"], teacher["aux_head.norm.weight"])
 
 
 @pytest.mark.parametrize("fmt", ["dino", "mmseg"])

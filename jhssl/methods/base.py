@@ -47,8 +47,14 @@ class Method:
             # student parameters; it moves by EMA only.
             for p in teacher.parameters():
                 p.stop_grad()
-            teacher.eval()
+            # As DINO's main_dino.py: the teacher is never switched to eval mode while training (only
+            # evaluations are), so a BatchNorm in it (ResNet base, ResNet head) normalises with the
+            # batch statistics of the teacher's own forward (over all ranks: Jittor's BatchNorm is
+            # synchronised under MPI, as DINO's SyncBatchNorm), and its running statistics come from
+            # those forwards, not from the EMA (see :meth:`param_pairs`).
+            teacher.train()
         self._pairs = None
+        self._all_pairs = None
 
     # -- what the trainer asks -------------------------------------------------------------------
     def compute_loss(self, crops, masks, epoch):
@@ -85,9 +91,20 @@ class Method:
 
     # -- teacher EMA -----------------------------------------------------------------------------
     def param_pairs(self):
-        """(student Var, teacher Var) for every parameter name both hold (iBOT's ``names_common``):
-        student-only modules (a predictor) have no teacher counterpart."""
+        """(student Var, teacher Var) of every *trained* student parameter the teacher also holds
+        (iBOT's ``names_common``): student-only modules (a predictor) have no teacher counterpart.
+
+        Buffers are not averaged, as in DINO's EMA over ``student.parameters()`` (PyTorch parameters,
+        not buffers): BatchNorm running statistics (stop-grad Vars in Jittor) are updated by the
+        teacher's own forward passes. The other stop-grad Vars (a normalised last layer's fixed
+        ``weight_g``, a frozen patch embedding, Swin's index tables) are equal in both networks and
+        never change, so leaving them out changes nothing."""
         if self._pairs is None:
+            self._pairs = [(s, t) for s, t in self._same_name_pairs() if not s.is_stop_grad()]
+        return self._pairs
+
+    def _same_name_pairs(self):
+        if self._all_pairs is None:
             sp = dict(self.student.named_parameters())
             tp = dict(self.teacher.named_parameters())
             pairs = []
@@ -97,15 +114,17 @@ class Method:
                         raise ValueError(f"student/teacher shape mismatch for '{name}': "
                                          f"{tuple(sp[name].shape)} vs {tuple(tv.shape)}")
                     pairs.append((sp[name], tv))
-            self._pairs = pairs
-        return self._pairs
+            self._all_pairs = pairs
+        return self._all_pairs
 
     def copy_student_to_teacher(self):
-        for s, t in self.param_pairs():
+        """The teacher starts as the student: every Var, buffers included (DINO:
+        ``teacher.load_state_dict(student.state_dict())``)."""
+        for s, t in self._same_name_pairs():
             t.update(s.detach().clone().stop_grad())
 
     def ema_update(self, momentum):
-        """teacher <- m * teacher + (1 - m) * student (no gradient flows)."""
+        """teacher <- m * teacher + (1 - m) * student on the trained parameters (no gradient flows)."""
         m = float(momentum)
         with jt.no_grad():
             for s, t in self.param_pairs():

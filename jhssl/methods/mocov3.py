@@ -202,11 +202,10 @@ class MoCoV3(Method):
     def compute_loss(self, crops, masks, epoch):
         if len(crops) != 2:
             raise ValueError(f"MoCo v3 takes 2 views per image, got {len(crops)}")
-        # the momentum network uses batch statistics, as the official model (in train mode) does
-        self.teacher.train()
+        # the momentum network is in train mode (Method.__init__, the trainer): batch statistics, as
+        # the official model's
         with jt.no_grad():
             keys = [self.teacher(x, want=(self.key_branch,))[self.key_branch].detach() for x in crops]
-        self.teacher.eval()
         outs = [self.student(x, want=self.query_branches) for x in crops]
         queries = {b: [outs[0][b], outs[1][b]] for b in self.query_branches}
         return self.loss(queries, keys)

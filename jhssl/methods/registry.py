@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-__all__ = ["Views", "MethodSpec", "SPECS", "method_spec", "method_names", "build_method", "foreign_keys"]
+__all__ = ["Views", "MethodSpec", "SPECS", "method_spec", "method_names", "build_method", "foreign_keys",
+           "config_problem"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class MethodSpec:
     A key that another method owns and this one does not, set to a non-default value, is a
     config error naming the key and the method (:func:`foreign_keys`).
     ``search``: None when ``run/search.py`` works with the method, else why it does not.
+    ``check_config``: ``check_config(cfg)`` -> the one-line problem with the method's own config
+    section, or None; :mod:`jhssl.config` calls it (:func:`config_problem`) after the schema checks,
+    before anything is built. It must not import jittor (parsing a config never does).
     """
     name: str
     module: str
@@ -69,6 +73,21 @@ class MethodSpec:
     keys: FrozenSet[str] = frozenset()
     search: Optional[str] = None
     summary: str = ""
+    check_config: Optional[Callable[[Any], Optional[str]]] = None
+
+
+def _mocov3_config_problem(cfg) -> Optional[str]:
+    """The key queue (``mocov3.negatives`` with ``queue``) takes whole global batches of keys."""
+    mo = cfg.mocov3
+    if "queue" in mo.negatives:
+        if mo.queue_size <= 0 or mo.queue_size % cfg.batch_size:
+            return (f"config key 'mocov3.queue_size' = {mo.queue_size} must be a positive multiple "
+                    f"of batch_size = {cfg.batch_size} with mocov3.negatives={mo.negatives} (each "
+                    f"step enqueues whole global batches of keys)")
+    elif mo.queue_size:
+        return (f"config key 'mocov3.queue_size' = {mo.queue_size} is set but mocov3.negatives="
+                f"{mo.negatives} uses no queue: set mocov3.negatives=queue or batch+queue")
+    return None
 
 
 SPECS: Dict[str, MethodSpec] = {s.name: s for s in (
@@ -78,7 +97,7 @@ SPECS: Dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("dino", "jhssl.methods.dino", Views(2, True, None), ema_teacher=True,
                keys=_SELF_DISTILLATION_KEYS, summary="DINO: CLS self-distillation over multi-crop views"),
     MethodSpec("mocov3", "jhssl.methods.mocov3", Views(2, False, None), ema_teacher=True,
-               keys=frozenset({"mocov3"}),
+               keys=frozenset({"mocov3"}), check_config=_mocov3_config_problem,
                search=("the head search ranks heads by D = KL between the teacher's prototype distributions "
                        "of base and head (Eq. 8) and trains Eq. 6 with a self-distillation loss per candidate; "
                        "MoCo v3 has no prototypes (its outputs are compared by similarity within a batch), and "
@@ -118,6 +137,12 @@ def foreign_keys(name: str, set_keys) -> Dict[str, Tuple[str, ...]]:
         if owners and not _owned(key, mine):
             out[key] = owners
     return out
+
+
+def config_problem(cfg) -> Optional[str]:
+    """What ``cfg.method``'s own check (``MethodSpec.check_config``) finds wrong in ``cfg``, or None."""
+    check = method_spec(cfg.method).check_config
+    return check(cfg) if check is not None else None
 
 
 def build_method(cfg):
