@@ -150,3 +150,22 @@ def test_loss_state_is_every_loss_var_and_restores_strictly():
         _restore(dino, _NoOptimizer(), dict(base, loss={"center": np.zeros((1, 3), np.float32)}))
     with pytest.raises(KeyError, match="center_patch"):
         _restore(dino, _NoOptimizer(), dict(base, loss={"center": old["center"], "center_patch": np.zeros((1, 1, 64))}))
+
+
+@pytest.mark.parametrize("method", ["ibot", "dino", "mocov3", "mae"])
+def test_baseline_and_hssl_runs_of_one_seed_start_from_the_same_base(method):
+    """The paired comparison (and the shared untrained k-NN) needs the same initial base weights in
+    both arms: building the auxiliary head must not draw from the RNG before the base is final."""
+    from jhssl.methods import build_model
+
+    def base_weights(hssl):
+        cfg = tiny_config(extra=[] if hssl else ["hssl=null"], method=method)
+        jt.set_global_seed(cfg.seed)
+        built = build_model(cfg)
+        jt.sync_all()  # as training's first step does: every pending initialiser runs in one batch
+        return {k: v.numpy().copy() for k, v in built.student.backbone.state_dict().items()}
+
+    baseline, with_head = base_weights(False), base_weights(True)
+    assert baseline.keys() == with_head.keys()
+    differ = [k for k in baseline if not np.array_equal(baseline[k], with_head[k])]
+    assert not differ, f"{method}: base weights differ between the baseline and HSSL builds: {differ[:5]}"

@@ -161,16 +161,11 @@ class MAENetwork(nn.Module):
 
     def __init__(self, backbone, patch_size, decoder_kw, aux_head=None):
         super().__init__()
-        from models.mae import MAEDecoder, fixed_sincos_pos_embed, init_mae_weights
-        self.backbone = backbone
+        from models.mae import MAEDecoder
+        self.backbone = backbone  # initialised by init_mae_encoder (build() does it first)
         self.aux_head = aux_head
         dim = backbone.num_features
         pix_dim = int(patch_size) ** 2 * 3
-        init_mae_weights(backbone)
-        # MAE fixes the encoder's position embeddings to the 2-D sin-cos table (requires_grad=False)
-        grid = backbone.patch_embed.grid_size
-        backbone.pos_embed.assign(fixed_sincos_pos_embed(dim, grid))
-        backbone.pos_embed.stop_grad()
         if aux_head is None:
             self.decoder = MAEDecoder(dim, pix_dim, **decoder_kw)
         else:
@@ -322,6 +317,17 @@ class MAE(Method):
         return path
 
 
+def init_mae_encoder(backbone):
+    """MAE's initialisation of the encoder, with its position embeddings fixed to the 2-D sin-cos
+    table (MAE: requires_grad=False)."""
+    from models.mae import fixed_sincos_pos_embed, init_mae_weights
+    init_mae_weights(backbone)
+    backbone.pos_embed.assign(fixed_sincos_pos_embed(backbone.num_features, backbone.patch_embed.grid_size))
+    backbone.pos_embed.stop_grad()
+    from .selfdistill import materialize
+    materialize(backbone)
+
+
 def build(cfg):
     """MAE (``hssl: null``) or MAE + HSSL from ``cfg``; ``mae.init_from`` loads a (converted) encoder."""
     from .selfdistill import build_aux_head_for, build_base_model
@@ -329,6 +335,9 @@ def build(cfg):
     backbone = build_base_model(cfg, use_mask_token=False)
     if not hasattr(backbone, "forward_visible"):
         raise ValueError(f"method: mae needs a ViT base model (model.arch), got {cfg.model.arch!r}")
+    # before anything else draws from the RNG, so that the plain-MAE and MAE + HSSL runs of one seed
+    # start from the same encoder (their untrained k-NN and the comparison depend on it)
+    init_mae_encoder(backbone)
     aux = build_aux_head_for(cfg, backbone, teacher=False)
     decoder_kw = dict(embed_dim=a.decoder_embed_dim, depth=a.decoder_depth, num_heads=a.decoder_num_heads)
     student = MAENetwork(backbone, cfg.model.patch_size, decoder_kw, aux)
