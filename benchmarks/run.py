@@ -580,6 +580,9 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small settings, about 5 minutes with a warm cache")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     ap.add_argument("--only", default=None, help="run only sections matching this regex (e.g. 'attention|gemm')")
+    ap.add_argument("--rows", default=None, help="run only rows whose label matches this regex (e.g. '^mae ')")
+    ap.add_argument("--tag", default="", help="suffix of the results file name (a partial run must not "
+                                                "overwrite the full one)")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
     ap.add_argument("--rounds", type=int, default=None,
                     help="repeat the whole plan; each figure keeps its least disturbed round (default 1 quick, 2 full)")
@@ -624,6 +627,11 @@ def main(argv=None):
                            "(jhssl.perf.masked_projection) in both frameworks unless a row says otherwise")
     if args.only:
         P = [p for p in P if re.search(args.only, p[0])]
+    if args.rows:
+        P = [p for p in P if re.search(args.rows, p[1])]
+        meta["command"] += f" --rows {args.rows!r}"
+    if not P:
+        raise SystemExit("no measurement matches --only/--rows")
     rounds = args.rounds or (1 if args.quick else 2)
     if rounds < 1:
         raise SystemExit("--rounds must be at least 1")
@@ -642,7 +650,8 @@ def main(argv=None):
     meta["loadavg_end"] = os.getloadavg()
     figures, md = summarize(results, meta)
     meta["total_wall_s"] = time.time() - t0
-    stem = os.path.join(args.out, f"{meta['date']}-{meta['machine']['slug']}" + ("-quick" if args.quick else ""))
+    stem = os.path.join(args.out, f"{meta['date']}-{meta['machine']['slug']}" + ("-quick" if args.quick else "")
+                        + (f"-{args.tag}" if args.tag else ""))
     atomic_write_text(stem + ".json", json.dumps({"meta": meta, "figures": figures, "results": results}, indent=1))
     atomic_write_text(stem + ".md", md)
     print(md)
