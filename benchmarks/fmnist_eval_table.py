@@ -56,6 +56,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", nargs="+", required=True)
     p.add_argument("--hssl", nargs="+", required=True)
+    p.add_argument("--untrained", nargs="+", default=None,
+                   help="checkpoints of the untrained network per seed (run/train.py --max-iters 0): the level "
+                        "both arms are measured against")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     p.add_argument("--work-dir", default="output/fmnist_eval_table")
@@ -72,11 +75,14 @@ def main(argv=None):
         if not sep or proto not in PROTOCOLS or "=" not in kv:
             p.error(f"--set {item!r}: expected PROTOCOL:KEY=VALUE with PROTOCOL one of {', '.join(PROTOCOLS)}")
         extra.setdefault(proto, []).append(kv)
-    if not (len(args.baseline) == len(args.hssl) == len(args.seeds)):
-        p.error("--baseline, --hssl and --seeds need one entry per seed")
+    if not (len(args.baseline) == len(args.hssl) == len(args.seeds)) or \
+            (args.untrained and len(args.untrained) != len(args.seeds)):
+        p.error("--baseline, --hssl, --untrained and --seeds need one entry per seed")
+    arms = [("baseline", args.baseline), ("hssl", args.hssl)]
+    arms += [("untrained", args.untrained)] if args.untrained else []
     from jhssl.fileio import atomic_write_text
     runs, commands, seconds = {}, [], {}
-    for name, ckpts in (("baseline", args.baseline), ("hssl", args.hssl)):
+    for name, ckpts in arms:
         for seed, ckpt in zip(args.seeds, ckpts):
             out = os.path.join(args.work_dir, f"{name}_s{seed}")
             for proto in args.protocols:
@@ -100,13 +106,18 @@ def main(argv=None):
     if args.dry_run:
         return 0
     from benchmarks.common import machine_info, machine_line
+    def stats(v):
+        v = np.asarray(v, dtype=float)
+        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
     table = {}
     for proto in args.protocols:
-        b, h = np.array(runs[("baseline", proto)]), np.array(runs[("hssl", proto)])
-        d = h - b
-        table[proto] = {"baseline": b.tolist(), "hssl": h.tolist(), "baseline_mean": b.mean(), "baseline_std": b.std(ddof=1) if len(b) > 1 else 0.0,
-                        "hssl_mean": h.mean(), "hssl_std": h.std(ddof=1) if len(h) > 1 else 0.0,
-                        "diff_mean": d.mean(), "diff_std": d.std(ddof=1) if len(d) > 1 else 0.0}
+        t = table[proto] = {name: runs[(name, proto)] for name, _ in arms}
+        for name, _ in arms:
+            t[name + "_stats"] = stats(t[name])
+        pairs = [("hssl", "baseline")] + ([("baseline", "untrained"), ("hssl", "untrained")] if args.untrained else [])
+        for a, b in pairs:  # paired per seed
+            t[f"{a}_minus_{b}"] = stats(np.array(t[a]) - np.array(t[b]))
     machine = machine_info()
     rec = {"date": datetime.datetime.utcnow().isoformat(timespec="seconds"), "seeds": args.seeds,
            "machine": machine, "commands": commands, "table": table, "overrides": extra,
@@ -116,13 +127,21 @@ def main(argv=None):
     atomic_write_text(base + ".json", json.dumps(rec, indent=1))
     lines = ["# Fashion-MNIST: k-NN / linear / fine-tuning / 10 % semi-supervised (top-1 %, mean ± std over seeds "
              f"{args.seeds})", "", *([args.title, ""] if args.title else []), f"Machine: {machine_line(machine)}", "",
-             "| protocol | baseline (per seed) | HSSL (per seed) | baseline | HSSL | HSSL − baseline (paired) |",
-             "|---|---|---|---|---|---|"]
+             "| protocol | " + " | ".join(f"{name} (per seed)" for name, _ in arms) + " | "
+             + " | ".join(name for name, _ in arms) + " | HSSL − baseline (paired)"
+             + (" | baseline − untrained | HSSL − untrained" if args.untrained else "") + " |",
+             "|---|" + "---|" * (2 * len(arms) + (3 if args.untrained else 1))]
+
+    def fmt(st, sign=""):
+        return f"{st['mean']:{sign}.2f} ± {st['std']:.2f}"
+
     for proto, t in table.items():
-        per_seed = lambda v: ", ".join(f"{x:.2f}" for x in v)  # noqa: E731
-        lines.append(f"| {proto} | {per_seed(t['baseline'])} | {per_seed(t['hssl'])} | {t['baseline_mean']:.2f} ± "
-                     f"{t['baseline_std']:.2f} | {t['hssl_mean']:.2f} ± {t['hssl_std']:.2f} | "
-                     f"{t['diff_mean']:+.2f} ± {t['diff_std']:.2f} |")
+        cells = [", ".join(f"{x:.2f}" for x in t[name]) for name, _ in arms]
+        cells += [fmt(t[name + "_stats"]) for name, _ in arms]
+        cells += [fmt(t["hssl_minus_baseline"], "+")]
+        if args.untrained:
+            cells += [fmt(t["baseline_minus_untrained"], "+"), fmt(t["hssl_minus_untrained"], "+")]
+        lines.append(f"| {proto} | " + " | ".join(cells) + " |")
     if extra:
         lines += ["", "Budgets changed from the protocol configs: " + "; ".join(
             f"{proto}: {' '.join(kvs)}" for proto, kvs in extra.items())]
