@@ -84,6 +84,18 @@ def test_rand_augment_and_erasing_are_seeded():
     assert len({name for name, _ in ops}) > 8 and all(0 <= level <= 10 for _, level in ops)
 
 
+def test_every_rand_augment_op_accepts_every_level():
+    """The magnitude noise clips to the top level, where increasing posterize kept 0 bits (a crash
+    in the first real fine-tuning run)."""
+    from PIL import Image
+    from jhssl.eval.augment import RAND_AUGMENT_OPS
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 12, 3)).astype(np.uint8))
+    for name, op in RAND_AUGMENT_OPS.items():
+        for level in (0.0, 5.0, 9.99, 10.0):
+            out = op(img, level, np.random.default_rng(0), (128, 128, 128))
+            assert out.size == img.size, (name, level)
+
+
 def _final_state(out):
     from jhssl.checkpoint import latest_checkpoint
     from jhssl.weights_io import load_checkpoint

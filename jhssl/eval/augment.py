@@ -93,7 +93,9 @@ def _enhance(cls):
 
 
 def _posterize(img, level, rng, fill):
-    return ImageOps.posterize(img, 4 - int(level / _MAX_LEVEL * 4))
+    # timm's increasing posterize keeps 4 - int(level / 10 * 4) bits: 0 at the top level, which the
+    # magnitude noise (mstd) reaches after clipping; Pillow >= 9 refuses 0 bits, so keep at least 1
+    return ImageOps.posterize(img, max(1, 4 - int(level / _MAX_LEVEL * 4)))
 
 
 def _solarize(img, level, rng, fill):
