@@ -148,14 +148,17 @@ def report(args, runs, command, cfg):
     stem = os.path.join(args.out, args.name)
     atomic_write_text(stem + ".json", json.dumps(out, indent=1) + "\n")
 
-    md = [f"# Fashion-MNIST seed study: iBOT baseline vs iBOT + HSSL per auxiliary head", "",
+    from jhssl.methods.registry import method_spec
+    name = {"ibot": "iBOT", "dino": "DINO", "mocov3": "MoCo v3", "mae": "MAE"}.get(cfg.method, cfg.method)
+    evaluated = "teacher" if (method_spec(cfg.method).ema_teacher and cfg.eval.which == "teacher") else "student"
+    md = [f"# Fashion-MNIST seed study: {name} baseline vs {name} + HSSL per auxiliary head", "",
           f"Command: `{command}`", "",
           f"Configs: `{out['config']}` (HSSL, `hssl.heads` set per arm) and `{out['baseline_config']}` "
           f"(`hssl: null`). {out['date']}.", "",
           f"Machine: {m['cpu']} ({m['cores']} CPUs), Jittor {m['jittor']}, load average at the end "
           f"{m['loadavg'][0]} (other helpers' niced jobs shared the 2 cores).", "",
           f"Budget per run: {cfg.epochs} epochs, batch {cfg.batch_size}, data.subset {cfg.data.subset}; "
-          f"k-NN (k=20, T={cfg.eval.knn_t}) of the teacher base CLS, {cfg.eval.train_subset:g} of the train split "
+          f"k-NN (k=20, T={cfg.eval.knn_t}) of the {evaluated} base CLS, {cfg.eval.train_subset:g} of the train split "
           f"vs {cfg.eval.val_subset:g} of the test split (subsets drawn by seed: the arms of one seed share them). "
           "'untrained' is the same k-NN of the network before its first step.", ""]
     if out["runs_missing"]:
