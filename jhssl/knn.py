@@ -183,6 +183,14 @@ def feature_fn(network, features: str = "base") -> Callable:
     raise ValueError(f"features must be 'base' or 'head', got {features!r}")
 
 
+def stored_network(ckpt, which: str) -> str:
+    """The checkpoint entry that holds ``which``: a method without an EMA teacher (MAE) stores
+    ``teacher: None``, and its student is the model."""
+    if isinstance(ckpt, dict) and which == "teacher" and ckpt.get("teacher", 0) is None and ckpt.get("student"):
+        return "student"
+    return which
+
+
 def load_eval_network(checkpoint, which: str = "teacher", overrides: list[str] | None = None,
                       trusted: bool = False):
     """Rebuild the networks of a trainer checkpoint and load ``which`` (teacher|student).
@@ -200,8 +208,7 @@ def load_eval_network(checkpoint, which: str = "teacher", overrides: list[str] |
         ckpt = weights_io.load_checkpoint(checkpoint, trusted=trusted)
     else:
         ckpt = checkpoint
-    if isinstance(ckpt, dict) and which == "teacher" and ckpt.get("teacher", 0) is None and ckpt.get("student"):
-        which = "student"  # a method without an EMA teacher (MAE): the student is the model
+    which = stored_network(ckpt, which)
     if not isinstance(ckpt, dict) or "config" not in ckpt or which not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"not a jhssl training checkpoint: need 'config' and '{which}' entries, found {keys}")

@@ -6,18 +6,20 @@ import numpy as np
 from _train_helpers import register_tiny_vit, tiny_config, write_image_folder
 
 
-def tiny_checkpoint(tmp_path, hssl=True, n_per_class=4, classes=("a", "b"), extra=()):
+def tiny_checkpoint(tmp_path, hssl=True, n_per_class=4, classes=("a", "b"), extra=(), method="ibot"):
     """(checkpoint path, data root): an untrained tiny ViT (+ auxiliary head) saved like the trainer does."""
     import jittor as jt
     from jhssl.checkpoint import to_numpy_state
     from jhssl.methods import build_model
     register_tiny_vit()
     root = write_image_folder(str(tmp_path / "data"), n_per_class=n_per_class, classes=classes)
-    cfg = tiny_config(str(tmp_path / "pre"), root, extra=(() if hssl else ("hssl=null",)) + tuple(extra))
+    cfg = tiny_config(str(tmp_path / "pre"), root, extra=(() if hssl else ("hssl=null",)) + tuple(extra),
+                      method=method)
     jt.set_global_seed(0)
-    method = build_model(cfg)
-    ckpt = {"config": cfg.to_dict(), "student": to_numpy_state(method.student),
-            "teacher": to_numpy_state(method.teacher), "epoch": 1, "iteration": 1}
+    built = build_model(cfg)
+    ckpt = {"config": cfg.to_dict(), "student": to_numpy_state(built.student),  # MAE: no teacher, as the trainer
+            "teacher": to_numpy_state(built.teacher) if built.teacher is not None else None,
+            "epoch": 1, "iteration": 1}
     path = str(tmp_path / "ckpt.pkl")
     jt.save(ckpt, path)
     return path, root

@@ -132,3 +132,13 @@ def test_cli_cached_mode_and_bad_inputs(tmp_path, capsys):
     assert tool.main(["--checkpoint", path, f"output_dir={tmp_path / 'y'}"]) == 2
     err = capsys.readouterr().err
     assert "has 2 classes but the val data" in err and not os.path.exists(tmp_path / "y")
+
+
+def test_cli_reads_a_checkpoint_without_teacher(tmp_path, capsys):
+    """MAE checkpoints store ``teacher: None``: the probe evaluates the student, as the k-NN does."""
+    path, _ = tiny_checkpoint(tmp_path, method="mae", extra=("optim.betas=[0.9,0.95]",))
+    tool = run_tool("eval_linear")
+    out = str(tmp_path / "lin")
+    assert tool.main(["--checkpoint", path, "mode=cached", "epochs=1", "batch_size=4", "num_workers=0",
+                      "lrs=[0.1]", f"output_dir={out}"]) == 0
+    assert json.load(open(os.path.join(out, "linear_results.json")))["per_lr"][0]["lr"] == 0.1

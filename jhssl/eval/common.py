@@ -21,6 +21,8 @@ def read_pretrain_checkpoint(path: str, which: str = "teacher", trusted: bool = 
     if not isinstance(ckpt, dict) or "config" not in ckpt:
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{path} is not a jhssl training checkpoint (needs 'config' and '{which}'; found {keys})")
+    from jhssl.knn import stored_network
+    which = stored_network(ckpt, which)
     state = ckpt.get(which)
     if not isinstance(state, dict) or not any(str(k).startswith("backbone.") for k in state):
         raise ValueError(f"{path}: the checkpoint has no base model for '{which}' "
