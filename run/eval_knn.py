@@ -63,7 +63,8 @@ def _main(argv=None):
     over += data_overrides(cfg_dict, args.data, args.train_data, args.val_data)
     from jhssl.config import apply_overrides, config_from_dict
     pre = config_from_dict(apply_overrides(cfg_dict, over), strict=False)
-    which = args.which or pre.eval.which
+    from jhssl.knn import stored_network
+    which = stored_network(ckpt, args.which or pre.eval.which)  # MAE: the student (no teacher)
     features = args.features or pre.eval.features
     from jhssl.device import use_device
     use_device(pre.device)

@@ -54,3 +54,11 @@ def test_eval_knn_missing_data_folder_is_one_line(tmp_path, checkpoint, capsys):
     assert eval_knn.main(["--checkpoint", path, "--data", str(tmp_path / "only_train")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "expected sub-folders train/ and val/" in err[0] and "val' is missing" in err[0]
+
+
+def test_checkpoint_without_teacher_is_evaluated_and_labelled_as_the_student(tmp_path, capsys):
+    path, _ = tiny_checkpoint(tmp_path, method="mae", extra=("optim.betas=[0.9,0.95]",))
+    out = str(tmp_path / "knn.json")
+    assert run_tool("eval_knn").main(["--checkpoint", path, "--output", out]) in (0, None)
+    assert "(student base)" in capsys.readouterr().out
+    assert json.load(open(out))["which"] == "student"
