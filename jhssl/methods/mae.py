@@ -324,8 +324,6 @@ def init_mae_encoder(backbone):
     init_mae_weights(backbone)
     backbone.pos_embed.assign(fixed_sincos_pos_embed(backbone.num_features, backbone.patch_embed.grid_size))
     backbone.pos_embed.stop_grad()
-    from .selfdistill import materialize
-    materialize(backbone)
 
 
 def build(cfg):

@@ -23,20 +23,9 @@ def _models():
 
 
 def build_base_model(cfg, drop_path_rate=None, use_mask_token=None):
-    """The base model named by ``cfg.model.arch``, with the options it declares (jhssl.base_models).
-
-    Its random initial weights are computed here: Jittor's random initialisers are lazy and draw when
-    they execute, so a head built afterwards and executed together with them would change the base's
-    draws, and the baseline (``hssl: null``) and HSSL runs of one seed would start from different bases."""
+    """The base model named by ``cfg.model.arch``, with the options it declares (jhssl.base_models)."""
     from jhssl.base_models import build_base_model as build
-    backbone = build(cfg, drop_path_rate, use_mask_token)
-    materialize(backbone)
-    return backbone
-
-
-def materialize(module):
-    """Execute ``module``'s pending (lazy) initialisers now, in a fixed order."""
-    jt.sync(list(module.state_dict().values()))
+    return build(cfg, drop_path_rate, use_mask_token)
 
 
 def build_aux_head_for(cfg, backbone, teacher):
