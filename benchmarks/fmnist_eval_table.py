@@ -87,9 +87,9 @@ def main(argv=None):
             out = os.path.join(args.work_dir, f"{name}_s{seed}")
             for proto in args.protocols:
                 tmpl, result, key = PROTOCOLS[proto]
-                cmd = f"{sys.executable} " + tmpl.format(ckpt=shlex.quote(ckpt), out=out, seed=seed)
+                cmd = "python " + tmpl.format(ckpt=shlex.quote(ckpt), out=out, seed=seed)
                 cmd += "".join(" " + shlex.quote(kv) for kv in extra.get(proto, []))
-                commands.append(cmd)
+                commands.append(cmd)  # recorded with "python": the interpreter's path is this machine's
                 if args.dry_run:
                     print(cmd)
                     continue
@@ -98,7 +98,7 @@ def main(argv=None):
                 if not os.path.isfile(path):  # finished runs are not repeated
                     os.makedirs(out, exist_ok=True)
                     t0 = time.time()
-                    subprocess.run(shlex.split(cmd), cwd=ROOT, check=True)
+                    subprocess.run([sys.executable] + shlex.split(cmd)[1:], cwd=ROOT, check=True)
                     atomic_write_text(timing, f"{time.time() - t0:.1f}\n")
                 runs.setdefault((name, proto), []).append(_get(json.load(open(path)), key))
                 if os.path.isfile(timing):
