@@ -207,10 +207,10 @@ def _ssl_inputs(spec, np, views):
     grid = g // ps
     if views.masks == "block":  # iBOT masks ~30% of the patches
         masks = [rng.rand(bs, grid, grid) < 0.3 for _ in range(views.n_global)]
-    elif views.masks == "random":  # MAE: exactly mae.mask_ratio of each image's patches (75 %)
-        keep = int(round(grid * grid * 0.25))
-        masks = [np.stack([(rng.permutation(grid * grid) >= keep).reshape(grid, grid) for _ in range(bs)])
-                 for _ in range(views.n_global)]
+    elif views.masks == "random":  # MAE: the loader's own generator (75 % of each image's patches)
+        from jhssl.data.masking import RandomPatchMask
+        gen, mask_rng = RandomPatchMask(ps), np.random.default_rng(0)
+        masks = [np.stack([gen(g, mask_rng) for _ in range(bs)]) for _ in range(views.n_global)]
     else:
         masks = []
     return crops, masks
