@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -216,6 +217,36 @@ def _ssl_inputs(spec, np, views):
     return crops, masks
 
 
+def _ssl_config(spec, name, views):
+    """The jhssl config of an SSL row; the torch twins of MoCo v3 and MAE read their sizes from it too."""
+    from jhssl.config import load_config
+    heads = spec["heads"]
+    overrides = [f"model.arch={spec['arch']}", f"model.patch_size={spec['patch']}",
+                 f"data.global_crop_size={spec['global']}", f"batch_size={spec['batch']}",
+                 "model.drop_path_rate=0.0", f"method={name}"]
+    if views.local_crops:
+        overrides += [f"data.local_crop_size={spec['local']}", f"data.local_crops_number={spec['n_local']}"]
+    overrides += ["hssl=null"] if not heads else [f"hssl.heads=[{','.join(heads)}]", f"hssl.depth={spec['depth']}"]
+    if name == "mae":  # the decoder of configs/mae_hssl_vit_small_16.yaml (no wider than the ViT-S)
+        overrides += ["mae.decoder_embed_dim=384", "mae.decoder_depth=8", "mae.decoder_num_heads=12"]
+    if heads and views.masks == "block":
+        overrides.append(f"hssl.patch_level={spec.get('patch_level', 'head')}")
+    return load_config(None, overrides)
+
+
+def _torch_twin(spec, name, views):
+    """The torch twin of an SSL row's training step (benchmarks/torch_models.py)."""
+    from benchmarks import torch_models
+    if name == "ibot":
+        return torch_models.TorchHSSL(spec["arch"], spec["patch"], spec["global"], hssl=bool(spec["heads"]),
+                                      out_dim=8192, hidden_dim=2048, bottleneck_dim=256, nlayers=3,
+                                      n_local=spec["n_local"], masked_projection=spec["masked"])
+    twins = {"mocov3": torch_models.TorchMoCoV3, "mae": torch_models.TorchMAE}
+    if name not in twins:
+        raise ValueError(f"no torch twin of method {name}")
+    return twins[name].from_config(_ssl_config(spec, name, views))
+
+
 def worker_ssl(spec):
     import numpy as np
     from jhssl.methods.registry import method_spec
@@ -225,24 +256,12 @@ def worker_ssl(spec):
     if spec["framework"] == "jittor":
         jt = _jittor(spec["fast"])
         from jhssl import perf
-        from jhssl.config import load_config
         perf.set_masked_projection(spec["masked"])
         try:
             from jhssl.methods import build_model
         except ImportError as exc:
             return {"unavailable": f"jhssl.methods not available yet: {exc}"}
-        heads = spec["heads"]
-        overrides = [f"model.arch={spec['arch']}", f"model.patch_size={spec['patch']}",
-                     f"data.global_crop_size={spec['global']}", f"batch_size={spec['batch']}",
-                     "model.drop_path_rate=0.0", f"method={name}"]
-        if views.local_crops:
-            overrides += [f"data.local_crop_size={spec['local']}", f"data.local_crops_number={spec['n_local']}"]
-        overrides += ["hssl=null"] if not heads else [f"hssl.heads=[{','.join(heads)}]", f"hssl.depth={spec['depth']}"]
-        if name == "mae":  # the decoder of configs/mae_hssl_vit_small_16.yaml (no wider than the ViT-S)
-            overrides += ["mae.decoder_embed_dim=384", "mae.decoder_depth=8", "mae.decoder_num_heads=12"]
-        if heads and views.masks == "block":
-            overrides.append(f"hssl.patch_level={spec.get('patch_level', 'head')}")
-        cfg = load_config(None, overrides)
+        cfg = _ssl_config(spec, name, views)
         if spec.get("search"):  # the quick search: candidates in parallel, own projections each (Eqs. 6-7)
             from jhssl.search import build_search
             method = build_search(cfg)
@@ -266,13 +285,10 @@ def worker_ssl(spec):
         if spec["heads"] not in ([], ["convnext"]):
             return {"unavailable": "the torch twin has the ConvNext head only"}
         import torch
-        from benchmarks.torch_models import TorchHSSL
         torch.manual_seed(0)
-        model = TorchHSSL(spec["arch"], spec["patch"], spec["global"], hssl=bool(spec["heads"]), out_dim=8192,
-                          hidden_dim=2048, bottleneck_dim=256, nlayers=3, n_local=spec["n_local"],
-                          masked_projection=spec["masked"])
+        model = _torch_twin(spec, name, views)
         crops = [torch.from_numpy(c) for c in crops_np]
-        masks = [torch.from_numpy(m) for m in masks_np]
+        masks = [torch.from_numpy(m) for m in masks_np] or None
         rss_built = _peak_rss_mb()
         counter = _TorchFlops(lambda: model.step(crops, masks))
         r = _time_steps(lambda: model.step(crops, masks), spec["warmup"], spec["iters"], lambda: None,
@@ -397,8 +413,10 @@ def plan(quick):
     # MAE (+ HSSL, Appendix D): one view, 75 % random masks, the ViT-S recipe's decoder (384 wide, 8 deep)
     P.append(("ssl", "mae baseline jittor", dict(ssl, framework="jittor", heads=[], method="mae")))
     P.append(("ssl", "mae hssl-convnext jittor", dict(ssl, framework="jittor", heads=["convnext"], method="mae")))
-    P.append(("ssl", "baseline torch", dict(ssl, framework="torch", heads=[])))
-    P.append(("ssl", "hssl-convnext torch", dict(ssl, framework="torch", heads=["convnext"])))
+    # The torch twins: Jittor / torch step time, and the FLOPs of each step (HSSL / baseline FLOP ratio)
+    for method, row in (("ibot", ""), ("mocov3", "mocov3 "), ("mae", "mae ")):
+        P.append(("ssl", row + "baseline torch", dict(ssl, framework="torch", heads=[], method=method)))
+        P.append(("ssl", row + "hssl-convnext torch", dict(ssl, framework="torch", heads=["convnext"], method=method)))
     batches = [16, 64] if quick else [8, 16, 32, 64, 128]
     imgs = [48] if quick else [32, 64, 96]
     for b in batches:
@@ -440,15 +458,80 @@ def _ratio(a, b):
     return a / b if (a is not None and b) else None
 
 
+class HSSLMethod(NamedTuple):
+    """A method whose HSSL step is measured against its baseline: its figures are named
+    ``<figure_prefix>hssl_over_baseline_step`` ..., its rows ``<row_prefix>baseline jittor`` ..."""
+    name: str
+    figure_prefix: str
+    row_prefix: str
+    anchor: str  # where the paper defines the method's HSSL loss
+    extra_work: str  # what the HSSL step computes that the baseline step does not
+
+
+HSSL_METHODS = (
+    HSSLMethod("iBOT", "", "", "", "the head and its projection: paper Eq. 1"),
+    HSSLMethod("MoCo v3", "mocov3_", "mocov3 ", "MoCo v3, Eq. 11",
+               "the head, its projector and predictor on both views, and the momentum head for the keys"),
+    HSSLMethod("MAE", "mae_", "mae ", "MAE, Appendix D",
+               "the head on the re-laid full grid, its pixel decoder, and the no-gradient target pass of the "
+               "encoder and head on every patch (4x the encoder's visible tokens at 75 % masking)"),
+)
+
+# Issue 7's goals and the paper's figures for iBOT, the method the paper's cost figures are about
+IBOT_GOALS = {
+    "hssl_over_baseline_step": ("<= 1.05", "1.09 to 1.14"),
+    "hssl_over_baseline_peak_rss": ("<= 1.08", "1.12 to 1.17"),
+    "jittor_over_torch_hssl_throughput": (">= 1.2", "1.0"),
+    "hssl_step_flops_over_gemm_peak": (">= 0.60", "torch 0.45 to 0.60"),
+}
+COMMON_GOALS = {
+    "hssl_over_baseline_flops": ("", "the step ratio at equal FLOP/s"),
+    # 1: HSSL's extra work runs at the baseline step's FLOP/s, its cost is its FLOPs and nothing more
+    "hssl_step_ratio_over_flop_ratio": ("<= 1.02", "1 at equal FLOP/s"),
+}
+
+
+def _hssl_figures(get, method, gemm_peak, goals):
+    """One method's HSSL / baseline figures from its Jittor rows and its torch twins' rows (the FLOPs
+    are counted on the twins); ``goals``: figure -> (goal, anchor), over :data:`COMMON_GOALS`."""
+    row = method.row_prefix
+    jittor_base, jittor_hssl = row + "baseline jittor", row + "hssl-convnext jittor"
+    torch_base, torch_hssl = row + "baseline torch", row + "hssl-convnext torch"
+    step_ratio = _ratio(get(jittor_hssl, "median_s"), get(jittor_base, "median_s"))
+    flops = get(torch_hssl, "flops")
+    flop_ratio = _ratio(flops, get(torch_base, "flops"))
+
+    def flops_per_s_over_gemm_peak(label):
+        t = get(label, "median_s")
+        return _ratio(flops / t / 1e9 if flops and t else None, gemm_peak)
+
+    values = {
+        "hssl_over_baseline_step": step_ratio,
+        "hssl_over_baseline_peak_rss": _ratio(get(jittor_hssl, "peak_rss_mb"), get(jittor_base, "peak_rss_mb")),
+        "hssl_over_baseline_flops": flop_ratio,
+        "hssl_step_ratio_over_flop_ratio": _ratio(step_ratio, flop_ratio),
+        "jittor_over_torch_hssl_throughput": _ratio(get(torch_hssl, "median_s"), get(jittor_hssl, "median_s")),
+        "hssl_step_flops_over_gemm_peak": flops_per_s_over_gemm_peak(jittor_hssl),
+        "torch_hssl_step_flops_over_gemm_peak": flops_per_s_over_gemm_peak(torch_hssl),
+    }
+    notes = dict(COMMON_GOALS, **goals)
+    return {method.figure_prefix + k: (v,) + notes.get(k, ("", "")) for k, v in values.items()}
+
+
 def _reading(figures, R):
     """What bounds the ratio goals: the exact method's own extra work, computed from this run."""
-    step, flop = figures["hssl_over_baseline_step"][0], figures["hssl_over_baseline_flops"][0]
     lines = ["### Reading the ratios", ""]
-    if step and flop:
-        lines.append(f"- HSSL does {100 * (flop - 1):.0f}% more FLOPs than the baseline (the head and its "
-                     f"projection: paper Eq. 1), so at equal FLOP/s its step would be {flop:.2f}x the baseline's; "
-                     f"measured {step:.2f}x: the HSSL step runs at {flop / step * 100:.0f}% of the baseline "
-                     "step's FLOP/s.")
+    for method in HSSL_METHODS:
+        step = figures[method.figure_prefix + "hssl_over_baseline_step"][0]
+        flop = figures[method.figure_prefix + "hssl_over_baseline_flops"][0]
+        if flop:
+            measured = (f"; measured {step:.2f}x: the HSSL step runs at {flop / step * 100:.0f}% of the baseline "
+                        "step's FLOP/s (hssl_step_ratio_over_flop_ratio = the inverse)") if step else ""
+            lines.append(f"- {method.name}: HSSL does {100 * (flop - 1):.0f}% more FLOPs than the baseline "
+                         f"({method.extra_work}), so at equal FLOP/s its step would be {flop:.2f}x the "
+                         f"baseline's{measured}.")
+    lines.append("- jittor_over_torch_hssl_throughput: the torch twin's HSSL step time over Jittor's (same "
+                 "model, loss and inputs; above 1: Jittor is faster).")
     rss = figures["hssl_over_baseline_peak_rss"][0]
     if rss:
         b, h = R.get("baseline jittor", {}), R.get("hssl-convnext jittor", {})
@@ -459,7 +542,7 @@ def _reading(figures, R):
                      f"are the state of its {added / 1e6:.1f} M added parameters (weight, gradient, two Adam "
                      "moments, teacher copy: 20 B each), a fixed cost whatever the batch; the rest are the "
                      "head's activations.")
-        lines.append(f"- Peak memory {rss:.2f}x: HSSL adds the head and a second projection.{fixed} The paper's "
+        lines.append(f"- iBOT peak memory {rss:.2f}x: HSSL adds the head and a second projection.{fixed} The paper's "
                      "1.12-1.17 is at GPU batch sizes, where activations dominate.")
     six = figures["six_head_search_over_one_head_step"][0]
     if six:
@@ -480,34 +563,16 @@ def summarize(results, meta):
     gemm_runs = [get(lbl, "gflops") for lbl in ("oneDNN GEMM 1024^2 (Jittor mkl_matmul)",
                                                 "oneDNN GEMM 1024^2 (Jittor mkl_matmul) (end)")]
     gemm_peak = max([g for g in gemm_runs if g], default=None)
-    base_t, hssl_t = get("baseline jittor", "median_s"), get("hssl-convnext jittor", "median_s")
+    base_t = get("baseline jittor", "median_s")
     search1_t, search6_t = get("search-1head jittor", "median_s"), get("search-6heads jittor", "median_s")
-    torch_hssl_t = get("hssl-convnext torch", "median_s")
-    flops = get("hssl-convnext torch", "flops")
-    figures = {
-        "hssl_over_baseline_step": (_ratio(hssl_t, base_t), "<= 1.05", "1.09 to 1.14"),
-        "hssl_over_baseline_peak_rss": (_ratio(get("hssl-convnext jittor", "peak_rss_mb"),
-                                               get("baseline jittor", "peak_rss_mb")), "<= 1.08", "1.12 to 1.17"),
+    figures = _hssl_figures(get, HSSL_METHODS[0], gemm_peak, IBOT_GOALS)
+    figures.update({
         "hssl_image_level_only_over_baseline_step": (
             _ratio(get("hssl-convnext jittor, image level only", "median_s"), base_t), "", "paper Tab. XIX setting"),
         "six_head_search_over_one_head_step": (_ratio(search6_t, search1_t), "<= 1.2", "1.4"),
-        "mocov3_hssl_over_baseline_step": (_ratio(get("mocov3 hssl-convnext jittor", "median_s"),
-                                                  get("mocov3 baseline jittor", "median_s")), "", "MoCo v3, Eq. 11"),
-        "mocov3_hssl_over_baseline_peak_rss": (_ratio(get("mocov3 hssl-convnext jittor", "peak_rss_mb"),
-                                                      get("mocov3 baseline jittor", "peak_rss_mb")), "", ""),
-        # no FLOP ratio for MoCo v3 / MAE: FLOPs are counted on the torch twins, which exist for iBOT only
-        "mae_hssl_over_baseline_step": (_ratio(get("mae hssl-convnext jittor", "median_s"),
-                                               get("mae baseline jittor", "median_s")), "", "MAE, Appendix D"),
-        "mae_hssl_over_baseline_peak_rss": (_ratio(get("mae hssl-convnext jittor", "peak_rss_mb"),
-                                                   get("mae baseline jittor", "peak_rss_mb")), "", ""),
-        "jittor_over_torch_hssl_throughput": (_ratio(torch_hssl_t, hssl_t), ">= 1.2", "1.0"),
-        "hssl_step_flops_over_gemm_peak": (_ratio(flops / hssl_t / 1e9 if flops and hssl_t else None, gemm_peak),
-                                           ">= 0.60", "torch 0.45 to 0.60"),
-        # what the time ratio would be at equal FLOP/s: HSSL's own extra work (head + its projection)
-        "hssl_over_baseline_flops": (_ratio(flops, get("baseline torch", "flops")), "", "the step ratio at equal FLOP/s"),
-        "torch_hssl_step_flops_over_gemm_peak": (
-            _ratio(flops / torch_hssl_t / 1e9 if flops and torch_hssl_t else None, gemm_peak), "", ""),
-    }
+    })
+    for method in HSSL_METHODS[1:]:
+        figures.update(_hssl_figures(get, method, gemm_peak, {"hssl_over_baseline_step": ("", method.anchor)}))
     md = [f"# Benchmarks {meta['date']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores)", "",
           f"Machine: {machine_line(meta['machine'])}.", "",
           f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
@@ -520,9 +585,9 @@ def summarize(results, meta):
           "## Goals (issue 7)", "", "| figure | measured | goal | paper / anchor |", "|---|---|---|---|"]
     for k, (v, goal, anchor) in figures.items():
         md.append(f"| {k} | {_fmt(v, 3) if v is not None else 'n/a'} | {goal} | {anchor} |")
-    md += ["", f"GEMM peak (oneDNN 1024^2): {_fmt(gemm_peak, 1)} GFLOP/s; HSSL step FLOPs (torch FlopCounterMode, "
-           f"GEMM+conv only, depthwise-conv backward counted with its groups): "
-           f"{_fmt(flops / 1e9 if flops else None, 1)} GFLOP", ""]
+    md += ["", f"GEMM peak (oneDNN 1024^2): {_fmt(gemm_peak, 1)} GFLOP/s. Step FLOPs: counted by torch's "
+           "FlopCounterMode on each method's torch twin (benchmarks/torch_models.py; GEMM+conv only, "
+           "depthwise-conv backward counted with its groups), column GFLOP of the training-step table.", ""]
     md += _reading(figures, R)
 
     md += ["## Attention forward+backward (one layer)", "", "| shape | plain ms | fast ms | speedup |", "|---|---|---|---|"]
@@ -548,15 +613,17 @@ def summarize(results, meta):
                   f"{_fmt(fl / jt_s / 1e9 if fl and jt_s else None, 1)} | {_fmt(fl / t_s / 1e9 if fl and t_s else None, 1)} |")
 
     md += ["", "## Training steps (iBOT, the search, MoCo v3, MAE: forward(s), backward, AdamW, EMA where there is a teacher)", "",
-           "| config | step s | peak RSS MB | RSS after build MB | note |", "|---|---|---|---|---|"]
+           "| config | step s | peak RSS MB | RSS after build MB | GFLOP | note |", "|---|---|---|---|---|---|"]
     for label in ("baseline jittor", "hssl-convnext jittor", "hssl-convnext jittor, every token projected",
                   "hssl-convnext jittor, image level only",
                   "search-1head jittor", "search-6heads jittor", "mocov3 baseline jittor", "mocov3 hssl-convnext jittor",
-                  "mae baseline jittor", "mae hssl-convnext jittor", "baseline torch", "hssl-convnext torch"):
+                  "mae baseline jittor", "mae hssl-convnext jittor", "baseline torch", "hssl-convnext torch",
+                  "mocov3 baseline torch", "mocov3 hssl-convnext torch", "mae baseline torch", "mae hssl-convnext torch"):
         r = R.get(label, {})
         note = r.get("unavailable") or r.get("error") or ""
         md.append(f"| {label} | {_fmt(r.get('median_s'), 3)} | {_fmt(r.get('peak_rss_mb'), 0)} | "
-                  f"{_fmt(r.get('rss_after_build_mb'), 0)} | {note[:120]} |")
+                  f"{_fmt(r.get('rss_after_build_mb'), 0)} | {_fmt(r['flops'] / 1e9 if r.get('flops') else None, 2)} | "
+                  f"{note[:120]} |")
 
     md += ["", "## Scaling (Jittor fast, ViT-T/4, forward+backward+AdamW)", "", "| setting | step s | img/s |",
            "|---|---|---|"]

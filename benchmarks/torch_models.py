@@ -1,11 +1,14 @@
-"""PyTorch twins of jhssl's ViT, ConvNext auxiliary head, projection heads and iBOT/HSSL loss.
+"""PyTorch twins of jhssl's training steps: iBOT, MoCo v3 and MAE, each with or without HSSL.
 
-For benchmarking only (Jittor vs torch on the same model and loss); jhssl itself never imports
-torch. Each piece computes what its jhssl counterpart computes (see the docstrings there):
+For benchmarking only (Jittor vs torch on the same model and loss, and FLOPs counted by torch's
+FlopCounterMode on the twin); jhssl itself never imports torch. Each piece computes what its jhssl
+counterpart computes (see the docstrings there), with the same state-dict keys where the parity
+tests (tests/test_torch_twins.py) copy weights across:
 
-* ViT: timm layout, pre-norm blocks, LayerNorm eps 1e-6, exact GELU, CLS token, learnable
+* ViT: timm keys and layout, pre-norm blocks, LayerNorm eps 1e-6, exact GELU, CLS token, learnable
   position embedding, iBOT mask token replacing masked patch embeddings before the position
-  embedding; ``head_input`` = pre-norm patch tokens of the last block.
+  embedding; ``head_input`` = pre-norm patch tokens of the last block; ``forward_visible`` = MAE's
+  encoder on the visible patches only.
 * ConvNext head (models/heads.py): ``depth`` blocks of 7x7 depthwise conv -> LayerNorm(1e-5) ->
   Linear 4x -> GELU -> Linear; the first block without its shortcut; final LayerNorm(1e-6) over
   concat[mean token, patch tokens].
@@ -16,7 +19,15 @@ torch. Each piece computes what its jhssl counterpart computes (see the docstrin
 * Loss (jhssl/methods/losses.py): cross-view CLS terms, same-view masked-patch terms (iBOT),
   HSSL: the teacher head's outputs supervise the student base and head (terms summed);
   centering with momentum 0.9.
+* MoCo v3 (jhssl/methods/mocov3.py): :class:`TorchMoCoV3`, projector/predictor MLPs with BatchNorm,
+  in-batch InfoNCE, the momentum network's head output as the key with HSSL (Eq. 11).
+* MAE (jhssl/methods/mae.py): :class:`TorchMAE`, the MAE decoder, norm-pix loss; with HSSL the head on
+  the re-laid grid, its pixel decoder, the base's feature decoder and the unmasked target pass.
+
+``TorchMoCoV3.from_config`` / ``TorchMAE.from_config`` read the sizes from the same jhssl config the
+Jittor method is built from.
 """
+import functools
 import math
 
 import torch
@@ -39,14 +50,23 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
 class Block(nn.Module):
     def __init__(self, dim, heads, mlp_ratio=4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -56,6 +76,17 @@ class Block(nn.Module):
 VIT_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch_size, patch_size)
+
+    def forward(self, x):
+        """(B, 3, H, W) -> (B, h * w, C) patch tokens in raster order, (h, w)."""
+        t = self.proj(x)
+        return t.flatten(2).transpose(1, 2), tuple(t.shape[-2:])
+
+
 class ViT(nn.Module):
     def __init__(self, arch="vit_small", patch_size=16, img_size=224, use_mask_token=False):
         super().__init__()
@@ -63,7 +94,7 @@ class ViT(nn.Module):
         self.num_features = dim
         self.patch_size = patch_size
         self.grid0 = img_size // patch_size
-        self.patch_embed = nn.Conv2d(3, dim, patch_size, patch_size)
+        self.patch_embed = PatchEmbed(patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, self.grid0 ** 2 + 1, dim) * 0.02)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim)) if use_mask_token else None
@@ -79,17 +110,34 @@ class ViT(nn.Module):
         return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
 
     def forward_features(self, x, mask=None):
-        t = self.patch_embed(x)
-        B, C, h, w = t.shape
-        t = t.flatten(2).transpose(1, 2)
+        t, (h, w) = self.patch_embed(x)
+        B, _, C = t.shape
         if mask is not None:
             m = mask.reshape(B, h * w, 1).to(t.dtype)
             t = t * (1 - m) + self.mask_token * m
         x = torch.cat([self.cls_token.expand(B, 1, C), t], dim=1) + self._pos(h, w)
+        return self._encode(x, (h, w))
+
+    def forward_visible(self, x, ids_keep):
+        """MAE's encoder: position embeddings added, then only the patches ``ids_keep`` (B, K) kept;
+        ``patch`` / ``head_input`` hold the (B, K, C) visible tokens."""
+        t, (h, w) = self.patch_embed(x)
+        B, _, C = t.shape
+        pos = self._pos(h, w)
+        visible = gather_tokens(t + pos[:, 1:], ids_keep)
+        x = torch.cat([(self.cls_token + pos[:, :1]).expand(B, 1, C), visible], dim=1)
+        return self._encode(x, (h, w))
+
+    def _encode(self, x, grid):
         for blk in self.blocks:
             x = blk(x)
         normed = self.norm(x)
-        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": grid}
+
+
+def gather_tokens(x, ids):
+    """Rows ``ids`` (B, K) of each image's tokens x (B, N, C) -> (B, K, C)."""
+    return torch.gather(x, 1, ids[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class ConvNextHeadBlock(nn.Module):
@@ -305,4 +353,277 @@ class TorchHSSL:
         with torch.no_grad():
             for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
                 pt.mul_(momentum).add_(ps.detach() * (1 - momentum))
+        return loss
+
+
+# ============================================================================ MoCo v3 and MAE
+def _twin_setting(cfg):
+    """The base/head arguments of a twin from a jhssl config, or a ValueError naming what the twins
+    do not model (they have the ViTs and the serial ConvNext head only, and no drop path)."""
+    m, h = cfg.model, cfg.hssl
+    problems = []
+    if m.arch not in VIT_SIZES:
+        problems.append(f"model.arch={m.arch} (twins: {', '.join(VIT_SIZES)})")
+    if m.drop_path_rate:
+        problems.append(f"model.drop_path_rate={m.drop_path_rate} (twins have no drop path)")
+    if h is not None:
+        if list(h.heads) != ["convnext"] or h.connection != "serial" or h.head_structure != "full":
+            problems.append(f"hssl.heads={list(h.heads)} connection={h.connection} structure={h.head_structure} "
+                            "(twins: one serial full ConvNext head)")
+        if h.drop_path_rate:
+            problems.append(f"hssl.drop_path_rate={h.drop_path_rate} (twins have no drop path)")
+    if problems:
+        raise ValueError("no torch twin for " + "; ".join(problems))
+    return dict(arch=m.arch, patch_size=m.patch_size, img_size=m.img_size or cfg.data.global_crop_size,
+                hssl=h is not None, head_depth=h.depth if h is not None else 0,
+                first_shortcut=bool(h.first_shortcut) if h is not None else False)
+
+
+def _trained(module):
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _optimizer(module):
+    return torch.optim.AdamW(_trained(module), lr=5e-4, weight_decay=0.04)  # what benchmarks/run.py gives Jittor
+
+
+class MoCoMLP(nn.Module):
+    """jhssl.methods.mocov3.MoCoMLP: bias-free Linear layers, BatchNorm + ReLU between them, a
+    BatchNorm without affine after the last (keys ``mlp.<i>``)."""
+
+    def __init__(self, num_layers, in_dim, hidden_dim, out_dim):
+        super().__init__()
+        layers = []
+        for i in range(num_layers):
+            d_out = out_dim if i == num_layers - 1 else hidden_dim
+            layers.append(nn.Linear(in_dim if i == 0 else hidden_dim, d_out, bias=False))
+            layers += [nn.BatchNorm1d(d_out), nn.ReLU()] if i < num_layers - 1 else [nn.BatchNorm1d(d_out, affine=False)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.mlp(x)
+
+
+class MoCoNetwork(nn.Module):
+    """jhssl.methods.mocov3.MoCoNetwork: base, optional ConvNext head, a projector per branch and
+    (online network only) a predictor per branch; the same keys."""
+
+    def __init__(self, backbone, aux_head, proj_hidden_dim, proj_dim, pred_hidden_dim, predictor):
+        super().__init__()
+        self.backbone, self.aux_head = backbone, aux_head
+        self.projector = MoCoMLP(3, backbone.num_features, proj_hidden_dim, proj_dim)
+        self.predictor = MoCoMLP(2, proj_dim, pred_hidden_dim, proj_dim) if predictor else None
+        if aux_head is not None:
+            self.aux_projector = MoCoMLP(3, aux_head.out_dim, proj_hidden_dim, proj_dim)
+            self.aux_predictor = MoCoMLP(2, proj_dim, pred_hidden_dim, proj_dim) if predictor else None
+
+    def forward(self, x, want):
+        out = self.backbone.forward_features(x)
+        feats = {"base": out["cls"]}
+        if self.aux_head is not None:
+            feats["head"] = self.aux_head(out["head_input"], out["grid"])["cls"]
+        result = {}
+        for which in want:
+            prefix = "aux_" if which == "head" else ""
+            z = getattr(self, prefix + "projector")(feats[which])
+            predictor = getattr(self, prefix + "predictor")
+            result[which] = z if predictor is None else predictor(z)
+        return result
+
+
+def info_nce(q, k, temperature):
+    """MoCo v3's in-batch contrastive loss: 2 tau * CE(q_n k_n^T / tau, diagonal)."""
+    logits = F.normalize(q, dim=-1, eps=1e-12) @ F.normalize(k, dim=-1, eps=1e-12).t() / temperature
+    return F.cross_entropy(logits, torch.arange(q.shape[0])) * (2.0 * temperature)
+
+
+class TorchMoCoV3:
+    """Online + momentum network of MoCo v3 (+ HSSL, Eq. 11), one training step per ``step``: keys of
+    both views from the momentum network without gradient (its head output with HSSL, batch
+    statistics), queries of both views from the online network, symmetrised InfoNCE with in-batch
+    negatives, AdamW, EMA. The patch embedding is frozen (no gradient) when the config freezes it."""
+
+    def __init__(self, arch, patch_size, img_size, hssl, head_depth, first_shortcut, proj_hidden_dim, proj_dim,
+                 pred_hidden_dim, temperature, freeze_patch_embed, momentum=0.99):
+        def net(predictor):
+            vit = ViT(arch, patch_size, img_size)
+            head = ConvNextAuxHead(vit.num_features, head_depth, first_shortcut) if hssl else None
+            return MoCoNetwork(vit, head, proj_hidden_dim, proj_dim, pred_hidden_dim, predictor)
+
+        self.student, self.teacher = net(predictor=True), net(predictor=False)
+        self.teacher.load_state_dict(self.student.state_dict(), strict=False)  # the student's predictors are its own
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        if freeze_patch_embed:
+            for p in self.student.backbone.patch_embed.parameters():
+                p.requires_grad_(False)
+        self.query_branches = ["base", "head"] if hssl else ["base"]
+        self.key_branch = "head" if hssl else "base"
+        self.temperature, self.momentum = temperature, momentum
+        self.opt = _optimizer(self.student)
+        teacher_params = dict(self.teacher.named_parameters())
+        self.ema_pairs = [(p, teacher_params[n]) for n, p in self.student.named_parameters()
+                          if p.requires_grad and n in teacher_params]
+
+    @classmethod
+    def from_config(cls, cfg):
+        mo = cfg.mocov3
+        if mo.negatives != "batch":
+            raise ValueError(f"the MoCo v3 twin has in-batch negatives only, got mocov3.negatives={mo.negatives}")
+        return cls(**_twin_setting(cfg), proj_hidden_dim=mo.proj_hidden_dim, proj_dim=mo.proj_dim,
+                   pred_hidden_dim=mo.pred_hidden_dim, temperature=mo.temperature,
+                   freeze_patch_embed=mo.freeze_patch_embed, momentum=cfg.optim.momentum_teacher)
+
+    def loss(self, crops):
+        """``crops``: the two views (B, 3, H, W) -> the loss (a scalar with gradient)."""
+        with torch.no_grad():
+            keys = [self.teacher(x, [self.key_branch])[self.key_branch] for x in crops]
+        outs = [self.student(x, self.query_branches) for x in crops]
+        total = 0.0
+        for b in self.query_branches:  # query of one view against the key of the other, both ways
+            total = total + info_nce(outs[1][b], keys[0], self.temperature) + info_nce(outs[0][b], keys[1],
+                                                                                       self.temperature)
+        return total
+
+    def step(self, crops, masks=None):
+        loss = self.loss(crops)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            for ps, pt in self.ema_pairs:
+                pt.mul_(self.momentum).add_(ps.detach() * (1 - self.momentum))
+        return loss
+
+
+@functools.lru_cache(maxsize=16)
+def sincos_pos_embed(dim, grid, cls_token):
+    """MAE's fixed 2-D sin-cos table (1, N [+ 1], dim), from the numpy function jhssl's models use."""
+    from models.layers.pos_embed import sincos_2d_pos_embed
+    return torch.from_numpy(sincos_2d_pos_embed(dim, grid[0], grid[1], cls_token=cls_token))[None]
+
+
+def unshuffle(visible, fill, ids_restore):
+    """(B, K, C) visible tokens + ``fill`` (1, 1, C) at the masked positions -> (B, N, C) in raster order."""
+    B, K, C = visible.shape
+    seq = torch.cat([visible, fill.expand(B, ids_restore.shape[1] - K, C)], dim=1)
+    return gather_tokens(seq, ids_restore)
+
+
+class MAEDecoder(nn.Module):
+    """models.mae.MAEDecoder: embedding, own mask token, fixed sin-cos positions, ViT blocks, norm,
+    prediction; the CLS row is dropped from the output. The same keys."""
+
+    def __init__(self, in_dim, out_dim, embed_dim, depth, num_heads, use_mask_token=True):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.embed = nn.Linear(in_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if use_mask_token else None
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pred = nn.Linear(embed_dim, out_dim)
+
+    def forward(self, tokens, grid, ids_restore=None):
+        x = self.embed(tokens)
+        patches = x[:, 1:] if ids_restore is None else unshuffle(x[:, 1:], self.mask_token, ids_restore)
+        x = torch.cat([x[:, :1], patches], dim=1) + sincos_pos_embed(self.embed_dim, grid, True)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))[:, 1:]
+
+
+def patchify(imgs, p):
+    """(B, C, H, W) -> (B, h * w, p * p * C) rows in raster order (models.mae.patchify)."""
+    B, C, H, W = imgs.shape
+    return imgs.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, p * p * C)
+
+
+def masked_mse(pred, target, mask):
+    """Per-patch MSE averaged over the masked patches (``mask`` (B, N) 0/1)."""
+    return (((pred - target) ** 2).mean(dim=-1) * mask).sum() / mask.sum()
+
+
+def masking_ids(mask):
+    """(B, h, w) bool masks -> MAE's ``ids_keep`` (B, K), ``ids_restore`` (B, N) and the (B, N) 0/1
+    mask (the stable argsort of the mask, as jhssl.methods.mae.masking_rows)."""
+    m = mask.reshape(mask.shape[0], -1)
+    ids_shuffle = torch.argsort(m.to(torch.int8), dim=1, stable=True)
+    num_keep = int((~m[0]).sum())
+    return ids_shuffle[:, :num_keep], torch.argsort(ids_shuffle, dim=1, stable=True), m.float()
+
+
+class MAENetwork(nn.Module):
+    """jhssl.methods.mae.MAENetwork (the same keys): base encoder and decoder, and with HSSL the
+    ConvNext head, its mask token and its pixel decoder."""
+
+    def __init__(self, backbone, patch_size, decoder_kw, aux_head=None):
+        super().__init__()
+        self.backbone, self.aux_head = backbone, aux_head
+        pix_dim = patch_size ** 2 * 3
+        self.backbone.pos_embed.requires_grad_(False)  # MAE's fixed sin-cos table
+        self.decoder = MAEDecoder(backbone.num_features, pix_dim if aux_head is None else aux_head.out_dim,
+                                  **decoder_kw)
+        if aux_head is not None:
+            self.aux_mask_token = nn.Parameter(torch.zeros(1, 1, backbone.num_features))
+            self.aux_decoder = MAEDecoder(aux_head.out_dim, pix_dim, use_mask_token=False, **decoder_kw)
+
+    def head_grid(self, visible_tokens, ids_restore, mask, grid):
+        """The encoder's visible tokens re-laid on the grid; masked positions = mask token + position."""
+        x = unshuffle(visible_tokens, self.aux_mask_token, ids_restore)
+        return x + sincos_pos_embed(x.shape[-1], grid, False) * mask[..., None]
+
+    def forward(self, imgs, ids_keep, ids_restore, mask):
+        enc = self.backbone.forward_visible(imgs, ids_keep)
+        grid = enc["grid"]
+        base_pred = self.decoder(torch.cat([enc["cls"][:, None], enc["patch"]], dim=1), grid, ids_restore)
+        if self.aux_head is None:
+            return {"pix_base": base_pred}
+        h = self.aux_head(self.head_grid(enc["head_input"], ids_restore, mask, grid), grid)
+        pix = self.aux_decoder(torch.cat([h["cls"][:, None], h["patch"]], dim=1), grid)
+        with torch.no_grad():  # the head's representation of the unmasked image is the base's target
+            full = self.backbone.forward_features(imgs)
+            target = self.aux_head(full["head_input"], full["grid"])["patch"]
+            target = F.layer_norm(target, target.shape[-1:], eps=1e-6)
+        return {"pix_head": pix, "feat_base": base_pred, "target": target}
+
+
+class TorchMAE:
+    """MAE (+ HSSL) training step per ``step``: the forward above, the norm-pix pixel loss (and the
+    feature loss with HSSL) on the masked patches, AdamW. No teacher."""
+
+    def __init__(self, arch, patch_size, img_size, hssl, head_depth, first_shortcut, decoder_embed_dim,
+                 decoder_depth, decoder_num_heads, norm_pix_loss=True):
+        vit = ViT(arch, patch_size, img_size)
+        head = ConvNextAuxHead(vit.num_features, head_depth, first_shortcut) if hssl else None
+        decoder_kw = dict(embed_dim=decoder_embed_dim, depth=decoder_depth, num_heads=decoder_num_heads)
+        self.net = MAENetwork(vit, patch_size, decoder_kw, head)
+        self.patch_size, self.norm_pix_loss = patch_size, norm_pix_loss
+        self.opt = _optimizer(self.net)
+
+    @classmethod
+    def from_config(cls, cfg):
+        a = cfg.mae
+        return cls(**_twin_setting(cfg), decoder_embed_dim=a.decoder_embed_dim, decoder_depth=a.decoder_depth,
+                   decoder_num_heads=a.decoder_num_heads, norm_pix_loss=a.norm_pix_loss)
+
+    def pixel_target(self, imgs):
+        rows = patchify(imgs, self.patch_size)
+        if not self.norm_pix_loss:
+            return rows
+        return (rows - rows.mean(-1, keepdim=True)) / (rows.var(-1, keepdim=True) + 1e-6).sqrt()  # unbiased var
+
+    def loss(self, imgs, mask):
+        """``imgs`` (B, 3, H, W), ``mask`` (B, h, w) bool (True: masked) -> the loss."""
+        ids_keep, ids_restore, m = masking_ids(mask)
+        out = self.net(imgs, ids_keep, ids_restore, m)
+        if self.net.aux_head is None:
+            return masked_mse(out["pix_base"], self.pixel_target(imgs), m)
+        return masked_mse(out["pix_head"], self.pixel_target(imgs), m) + masked_mse(out["feat_base"], out["target"], m)
+
+    def step(self, crops, masks):
+        """One view and its mask, as the benchmark hands every method its crops and masks."""
+        loss = self.loss(crops[0], masks[0])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
         return loss

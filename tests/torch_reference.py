@@ -23,15 +23,17 @@ def to_torch(v) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def copy_from_jittor(torch_module: nn.Module, jt_module, prefix: str = "") -> None:
-    """Load a Jittor module's state dict (optionally a sub-tree under ``prefix``) into ``torch_module``, strictly."""
+def copy_from_jittor(torch_module: nn.Module, jt_module, prefix: str = "", torch_only=()) -> None:
+    """Load a Jittor module's state dict (optionally a sub-tree under ``prefix``) into ``torch_module``, strictly.
+    ``torch_only``: key suffixes of torch's own state Jittor has no counterpart of (kept as they are),
+    e.g. BatchNorm's ``num_batches_tracked``."""
     src = {k[len(prefix):]: v for k, v in jt_module.state_dict().items() if k.startswith(prefix)}
-    dst = torch_module.state_dict()
+    dst = {k: v for k, v in torch_module.state_dict().items() if not k.endswith(tuple(torch_only))}
     missing = set(dst) - set(src)
     extra = set(src) - set(dst)
     if missing or extra:
         raise KeyError(f"key mismatch: missing in jittor {sorted(missing)}, extra in jittor {sorted(extra)}")
-    torch_module.load_state_dict({k: to_torch(src[k]).reshape(dst[k].shape) for k in dst})
+    torch_module.load_state_dict({k: to_torch(src[k]).reshape(dst[k].shape) for k in dst}, strict=not torch_only)
 
 
 class TorchMlp(nn.Module):
