@@ -121,8 +121,10 @@ def machine_info(probe_libraries: bool = True) -> dict:
 
 def machine_line(info: dict) -> str:
     """One line for a results file: what decides a CPU figure."""
-    s = (f"{info['cpu']} ({info['cpu_vendor']} family {info['cpu_family']} model {info['cpu_model']}), "
-         f"{info['cores']} cores, widest ISA {info['isa_widest']}")
+    # '?' for a fact a report written before it was recorded lacks (--render of an old report)
+    f = {k: info.get(k, "?") for k in ("cpu", "cpu_vendor", "cpu_family", "cpu_model", "cores", "isa_widest")}
+    s = (f"{f['cpu']} ({f['cpu_vendor']} family {f['cpu_family']} model {f['cpu_model']}), "
+         f"{f['cores']} cores, widest ISA {f['isa_widest']}")
     if "onednn_isa" in info:
         s += f"; oneDNN dispatches: {info['onednn_isa']}"
     if info.get("torch_blas"):

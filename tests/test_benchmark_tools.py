@@ -76,3 +76,62 @@ def test_ssl_worker_times_an_mae_hssl_step():
     r = worker_ssl(spec)
     assert "error" not in r, r
     assert r["median_s"] > 0 and r["peak_rss_mb"] > 0 and r["n_params"] > 0
+
+
+def _row(label, **result):
+    return {"section": "ssl", "label": label, "spec": {}, "result": result}
+
+
+_META = {"date": "d", "machine": {"cpu": "cpu", "cores": 2}, "command": "c", "versions": {}, "quick": True,
+         "ssl_setting": "s", "rounds": 1, "omp_wait_policy": "PASSIVE", "gpu": "none"}
+
+
+def test_summarize_gives_each_method_its_flop_ratio_from_its_torch_twins(monkeypatch):
+    import benchmarks.run as run
+    monkeypatch.setattr(run, "machine_line", lambda m: "machine")
+    results = [_row("mocov3 baseline jittor", median_s=1.0, peak_rss_mb=100.0),
+               _row("mocov3 hssl-convnext jittor", median_s=1.5, peak_rss_mb=120.0),
+               _row("mocov3 baseline torch", median_s=2.0, flops=4e9),
+               _row("mocov3 hssl-convnext torch", median_s=3.0, flops=5e9),
+               _row("mae baseline jittor", median_s=1.0), _row("mae hssl-convnext jittor", median_s=2.0),
+               _row("mae baseline torch", median_s=1.0, flops=1e9), _row("mae hssl-convnext torch", error="boom")]
+    figures, md = run.summarize(results, _META)
+    assert figures["mocov3_hssl_over_baseline_step"] == 1.5
+    assert figures["mocov3_hssl_over_baseline_flops"] == 1.25  # the twins' FLOPs, not their times
+    assert abs(figures["mocov3_hssl_step_ratio_over_flop_ratio"] - 1.2) < 1e-12
+    assert figures["mocov3_jittor_over_torch_hssl_throughput"] == 2.0
+    assert figures["mae_hssl_over_baseline_step"] == 2.0
+    assert figures["mae_hssl_over_baseline_flops"] is None  # a failed twin row gives no ratio
+    assert figures["hssl_over_baseline_flops"] is None  # no iBOT rows in this run
+    assert "- MoCo v3: HSSL does 25% more FLOPs than the baseline" in md
+    assert "| mocov3 hssl-convnext torch | 3.000 |  |  | 5.00 |  |" in md
+    assert "MAE: HSSL does" not in md
+
+
+def test_plan_has_a_torch_twin_row_per_method_and_setting():
+    from benchmarks.run import plan
+    for quick in (True, False):
+        rows = {label: spec for _, label, spec in plan(quick)}
+        for prefix, method in (("", "ibot"), ("mocov3 ", "mocov3"), ("mae ", "mae")):
+            for arm, heads in (("baseline", []), ("hssl-convnext", ["convnext"])):
+                jittor, twin = rows[f"{prefix}{arm} jittor"], rows[f"{prefix}{arm} torch"]
+                assert twin["framework"] == "torch" and twin.get("method", "ibot") == method
+                assert twin["heads"] == heads
+                same = ("arch", "patch", "global", "batch", "heads", "depth")
+                assert {k: twin[k] for k in same} == {k: jittor[k] for k in same}
+
+
+def test_render_of_a_report_without_the_twin_rows_leaves_their_figures_empty():
+    import glob
+    import json
+    import os
+    from benchmarks.run import ROOT, summarize
+    old = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "2026-11-23-*-quick.json")))
+    if not old:
+        pytest.skip("no committed benchmark report to render")
+    with open(old[0]) as f:
+        saved = json.load(f)
+    figures, md = summarize(saved["results"], saved["meta"])
+    assert figures["hssl_over_baseline_flops"] is not None  # the iBOT twins were measured then
+    assert figures["mocov3_hssl_over_baseline_flops"] is None
+    assert "| mocov3_hssl_over_baseline_flops | n/a |" in md
