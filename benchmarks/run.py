@@ -21,6 +21,10 @@ Figures (issue 7):
   achieved FLOP/s vs the GEMM peak (FLOPs counted by torch's FlopCounterMode on the equivalent
   torch step: GEMMs and convolutions, with a groups-aware formula for the conv backward) and the
   HSSL / baseline FLOP ratio, the step ratio at equal FLOP/s.
+* MoCo v3 and MAE training steps (+ HSSL: Eq. 11, Appendix D), each against its baseline: step time,
+  peak RSS, and the same FLOP figures counted on their torch twins (benchmarks/torch_models.py,
+  checked against the Jittor methods by tests/test_torch_twins.py); the step ratio over the FLOP
+  ratio (1: HSSL's extra work runs at the baseline's FLOP/s) and Jittor / torch for every method.
 * Scaling of the Jittor ViT step with batch size and image size.
 GPU rows stay empty unless Jittor sees a CUDA device.
 """
