@@ -451,7 +451,8 @@ class TorchMoCoV3:
             return MoCoNetwork(vit, head, proj_hidden_dim, proj_dim, pred_hidden_dim, predictor)
 
         self.student, self.teacher = net(predictor=True), net(predictor=False)
-        self.teacher.load_state_dict(self.student.state_dict(), strict=False)  # the student's predictors are its own
+        shared = self.teacher.state_dict().keys()  # all but the online network's predictors
+        self.teacher.load_state_dict({k: v for k, v in self.student.state_dict().items() if k in shared})
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         if freeze_patch_embed:
@@ -560,7 +561,9 @@ class MAENetwork(nn.Module):
         super().__init__()
         self.backbone, self.aux_head = backbone, aux_head
         pix_dim = patch_size ** 2 * 3
-        self.backbone.pos_embed.requires_grad_(False)  # MAE's fixed sin-cos table
+        with torch.no_grad():  # MAE's fixed sin-cos table
+            backbone.pos_embed.copy_(sincos_pos_embed(backbone.num_features, (backbone.grid0,) * 2, True))
+        backbone.pos_embed.requires_grad_(False)
         self.decoder = MAEDecoder(backbone.num_features, pix_dim if aux_head is None else aux_head.out_dim,
                                   **decoder_kw)
         if aux_head is not None:
