@@ -235,3 +235,18 @@ def test_vit_base_recipe_builds_and_steps(name):
     opt.backward(parts["loss"])
     opt.step()
     assert np.isfinite(parts["loss"].item()) and not np.allclose(m.student.fusion.weights.numpy(), w)
+
+
+def test_discrepancy_reads_the_head_on_the_fused_tokens_and_reconstruction_runs():
+    m = build(FUSE)
+    net = m.student
+    x, _ = batch(3, seed=4)
+    d, base_f, head_f = m.discrepancy_batch(net, x)
+    assert d.shape == (3,) and np.isfinite(d).all() and base_f.shape == (3, 32)
+    with jt.no_grad():
+        full = net.backbone.forward_features(jt.array(x), layers=(0, 1))
+        fused = net.fusion(full["layers"])[:, 1:]
+        np.testing.assert_allclose(head_f, net.aux_head(fused, full["grid"])["cls"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(base_f, full["cls"].numpy(), atol=1e-6)  # the base's own CLS
+    src, masked, recon = build(FUSE, hssl=False).reconstruct(x)
+    assert recon.shape == src.shape == (3, 3, 16, 16) and np.isfinite(recon).all()
