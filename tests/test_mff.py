@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from _train_helpers import ROOT, step_records, tiny_config, write_image_folder
+from _train_helpers import ROOT, step_records, write_image_folder
+from test_mae import _grads, batch_masks, mae_config
 
 import jittor as jt  # noqa: E402
 
@@ -20,9 +21,8 @@ FUSE = ["mae.fusion_layers=[0,1]"]
 
 
 def mff_config(out="/tmp/jhssl_unused", data_root=None, extra=(), hssl=True):
-    """tiny_config's MAE, without drop path (MAE's recipe; and the forward passes are deterministic)."""
-    return tiny_config(out, data_root, ["optim.betas=[0.9,0.95]", "model.drop_path_rate=0"]
-                       + ([] if hssl else ["hssl=null"]) + list(extra), method="mae")
+    """test_mae's tiny MAE, without drop path (MAE's recipe; and the forward passes are deterministic)."""
+    return mae_config(out, data_root, ["model.drop_path_rate=0"] + list(extra), hssl=hssl)
 
 
 def build(extra=(), hssl=True):
@@ -30,10 +30,8 @@ def build(extra=(), hssl=True):
 
 
 def batch(n=2, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 3, 16, 16)).astype(np.float32)
-    gen = RandomPatchMask(4, 0.75)
-    return x, np.stack([gen(16, rng) for _ in range(n)])
+    x = np.random.default_rng(seed).normal(size=(n, 3, 16, 16)).astype(np.float32)
+    return x, batch_masks(n, seed=seed)
 
 
 def _layer_norm(x, w, b, eps=1e-6):
@@ -92,12 +90,6 @@ def test_the_last_block_alone_is_plain_mae(hssl):
     load_state_dict_strict(two.student, state, optional=("fusion.weights", "fusion.proj.0.weight",
                                                          "fusion.proj.0.bias"))
     assert float(two.compute_loss([x], [masks], 0)["loss"].item()) != float(a["loss"].item())
-
-
-def _grads(method, loss):
-    params = [(n, p) for n, p in method.student.named_parameters() if not p.is_stop_grad()]
-    gs = jt.grad(loss, [p for _, p in params], retain_graph=True)
-    return {n: float(np.abs(g.numpy()).max()) for (n, _), g in zip(params, gs)}
 
 
 @pytest.mark.parametrize("hssl", [False, True])
