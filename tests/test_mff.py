@@ -117,6 +117,18 @@ def test_fusion_weights_and_projections_get_gradients(hssl):
 
 
 # ----------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("hssl", [False, True])
+def test_plain_and_fused_runs_of_one_seed_start_from_the_same_weights(hssl):
+    """The fusion is built last: MAE and MFF arms of one seed are paired (same encoder, decoders, head)."""
+    def initial(extra):
+        jt.set_global_seed(7)
+        state = build(extra, hssl=hssl).student.state_dict()
+        return {k: v.numpy() for k, v in state.items()}  # materialised before the next build draws
+    plain, fused = initial([]), initial(FUSE)
+    assert set(fused) - set(plain) == {"fusion.weights", "fusion.proj.0.weight", "fusion.proj.0.bias"}
+    assert [k for k in plain if not np.array_equal(plain[k], fused[k])] == []
+
+
 def _one_line_error(extra, match, hssl=True):
     with pytest.raises(ConfigError, match=match) as e:
         build(extra, hssl=hssl)

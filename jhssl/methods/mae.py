@@ -389,7 +389,7 @@ def fusion_blocks(layers, depth, arch):
     from jhssl.config import ConfigError
     if not layers:
         return None
-    if layers[-1] != depth - 1 or layers[0] < 0:
+    if layers[-1] != depth - 1:
         bad = [i for i in layers if not 0 <= i < depth]
         raise ConfigError(f"config key 'mae.fusion_layers' = {list(layers)}: "
                           + (f"block {bad[0]} is out of range for {arch!r} (blocks 0..{depth - 1})" if bad else
