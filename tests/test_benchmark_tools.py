@@ -76,3 +76,13 @@ def test_ssl_worker_times_an_mae_hssl_step():
     r = worker_ssl(spec)
     assert "error" not in r, r
     assert r["median_s"] > 0 and r["peak_rss_mb"] > 0 and r["n_params"] > 0
+
+
+def test_seed_studies_report_mean_and_sample_std_and_no_spread_for_one_seed():
+    from benchmarks.common import mean_std
+    values = [58.7, 58.85, 59.95]
+    mean, std = mean_std(values + [None])          # a missing run is left out, not counted as 0
+    assert mean == pytest.approx(np.mean(values))
+    assert std == pytest.approx(np.std(values, ddof=1))
+    assert mean_std([61.2]) == (61.2, None)         # one seed: no spread measured, not a spread of 0
+    assert mean_std([None]) == (None, None)
