@@ -7,6 +7,7 @@ actually dispatches, and torch's BLAS backend and CPU capability. The two librar
 subprocesses, so importing this module (benchmark workers do) never loads Jittor or torch.
 """
 import functools
+import math
 import os
 import platform
 import re
@@ -135,3 +136,14 @@ def machine_line(info: dict) -> str:
 if __name__ == "__main__":
     info = machine_info()
     print(machine_line(info))
+
+
+def mean_std(values):
+    """(mean, sample std) of the values that are not None; std is None for a single value (no spread
+    measured, rather than a spread of 0), and both are None for none. Every seed study reports with this."""
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return None, None
+    mean = math.fsum(v) / len(v)
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
+    return mean, std

@@ -105,10 +105,11 @@ def main(argv=None):
                     seconds.setdefault(proto, []).append(float(open(timing).read()))
     if args.dry_run:
         return 0
-    from benchmarks.common import machine_info, machine_line
+    from benchmarks.common import machine_info, machine_line, mean_std
+
     def stats(v):
-        v = np.asarray(v, dtype=float)
-        return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        mean, std = mean_std(v)
+        return {"mean": mean, "std": std}
 
     table = {}
     for proto in args.protocols:
@@ -133,7 +134,7 @@ def main(argv=None):
              "|---|" + "---|" * (2 * len(arms) + (3 if args.untrained else 1))]
 
     def fmt(st, sign=""):
-        return f"{st['mean']:{sign}.2f} ± {st['std']:.2f}"
+        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["std"] is not None else "")
 
     for proto, t in table.items():
         cells = [", ".join(f"{x:.2f}" for x in t[name]) for name, _ in arms]

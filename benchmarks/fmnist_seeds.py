@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 
 import jhssl  # noqa: E402,F401
 from jhssl.fileio import atomic_write_text  # noqa: E402
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, mean_std  # noqa: E402
 
 HEADS = ("convnext", "resnet", "resmlp", "poolformer", "vit", "swin")
 
@@ -84,13 +84,6 @@ def spearman(x, y):
     perms = [rho(rx, ry[list(p)]) for p in itertools.permutations(range(len(ry)))] if len(ry) <= 8 else []
     p = float(np.mean([abs(q) >= abs(r) - 1e-12 for q in perms])) if perms else None
     return r, p
-
-
-def mean_std(v):
-    v = [x for x in v if x is not None]
-    if not v:
-        return None, None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
 
 
 def _fmt(m, s, digits=2, sign=""):

@@ -606,6 +606,8 @@ class TorchMAE:
     @classmethod
     def from_config(cls, cfg):
         a = cfg.mae
+        if a.fusion_layers:
+            raise ValueError(f"the MAE twin has no MFF fusion, got mae.fusion_layers={list(a.fusion_layers)}")
         return cls(**_twin_setting(cfg), decoder_embed_dim=a.decoder_embed_dim, decoder_depth=a.decoder_depth,
                    decoder_num_heads=a.decoder_num_heads, norm_pix_loss=a.norm_pix_loss)
 

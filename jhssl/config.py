@@ -126,6 +126,13 @@ def _triple(v):
         return "must have 3 values (one per RGB channel)"
 
 
+def _block_indices(v):
+    if not v:
+        return "must list at least one block index (null: off)"
+    if any(i < 0 for i in v) or any(b <= a for a, b in zip(v, v[1:])):
+        return "must be block indices >= 0 in strictly increasing order"
+
+
 # ----------------------------------------------------------------------------- the schema
 # A nested dict. A leaf is a plain default (its type is the allowed type; ints are accepted
 # where the default is a float) or an F(...) for unions, nullables, choices and ranges.
@@ -218,6 +225,12 @@ SCHEMA: dict = {
         "decoder_num_heads": F(16, check=_positive),    # 16 heads
         "init_from": F(None, types=str, nullable=True,
                        doc="zoo name or weights file for the base encoder (decoders and head start fresh)"),
+        # MFF (Liu et al., ICCV 2023; the zh paper's MFF + HSSL rows): the decoder reads a learned
+        # weighted fusion of these encoder blocks' outputs (0-based; the last must be the encoder's
+        # last block). MMPretrain's MFF ViT-B configs: [1, 3, 5, 7, 9, 11] (300 epochs),
+        # [0, 2, 4, 6, 8, 11] (800 epochs). null: plain MAE.
+        "fusion_layers": F(None, types=list, elem=int, nullable=True, check=_block_indices,
+                           doc="MFF: encoder blocks fused for the decoder (null: off)"),
     },
 
     "loss": {

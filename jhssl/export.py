@@ -87,7 +87,8 @@ def extract_base(obj: Any, which: str = "teacher",
     for k, v in sd.items():
         if has_backbone and not k.startswith("backbone."):
             report.dropped[k] = ("auxiliary head" if k.startswith("aux_head.") else
-                                 "MAE decoder" if "decoder" in k or k == "aux_mask_token" else "projection head")
+                                 "MAE decoder" if "decoder" in k or k == "aux_mask_token" else
+                                 "MFF fusion" if k.startswith("fusion.") else "projection head")
             continue
         key = k[len("backbone."):] if has_backbone else k
         if key in ("mask_token", "masked_embed"):

@@ -8,6 +8,8 @@
   (each row is the patch's pixels in (row, column, channel) order).
 * :func:`init_mae_weights`: MAE's initialisation (xavier-uniform Linear layers and patch embedding,
   zero biases, unit LayerNorms, normal(0.02) CLS and mask tokens).
+* :class:`MultiLevelFusion`: MFF's (Liu et al., ICCV 2023) learned weighted fusion of several
+  encoder blocks' outputs, read by the decoder instead of the last block's.
 """
 import math
 
@@ -21,7 +23,8 @@ from .layers.fast_norm import LayerNorm
 from .layers.pos_embed import sincos_2d_pos_embed
 from .vit import LN_EPS, Block
 
-__all__ = ["MAEDecoder", "unshuffle", "patchify", "unpatchify", "init_mae_weights", "fixed_sincos_pos_embed"]
+__all__ = ["MAEDecoder", "MultiLevelFusion", "unshuffle", "patchify", "unpatchify", "init_mae_weights",
+           "fixed_sincos_pos_embed"]
 
 
 def fixed_sincos_pos_embed(dim, grid, cls_token=True):
@@ -132,3 +135,47 @@ class MAEDecoder(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.pred(self.norm(x))[:, 1:]
+
+
+class MultiLevelFusion(nn.Module):
+    """MFF's multi-level feature fusion (Liu et al., "Improving Pixel-based MIM by Reducing Wasted
+    Modeling Capability", ICCV 2023; MMPretrain ``MFFViT``): ``num_layers`` block outputs, the
+    last one being the encoder's last block, fused into one token sequence::
+
+        fused = sum_i softmax(weights)_i * P_i(x_i),   P_i = Linear(dim, dim) for the shallower
+                                                       blocks, the identity for the last
+
+    ``weights``: one logit per fused block, initialised to 1 (equal weights at the start), shaped
+    (L, 1, 1, 1) as MMPretrain's ``proj_weights`` (so :func:`jhssl.optim.param_groups` decays it,
+    as MMPretrain's parameter-wise config does: it exempts only norms, biases, position
+    embeddings and tokens). With one fused block the fusion is the identity and ``weights`` is
+    not trained (MMPretrain: ``requires_grad = False``). The projections get MAE's initialisation
+    (xavier-uniform, zero bias), which MMPretrain applies to every Linear of the model.
+
+    ``execute(layers)``: the list of L (B, T, C) block outputs (CLS included), shallowest first.
+    """
+
+    def __init__(self, dim, num_layers):
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"MultiLevelFusion needs at least one block to fuse, got {num_layers}")
+        self.num_layers = int(num_layers)
+        self.proj = nn.ModuleList([nn.Linear(dim, dim) for _ in range(self.num_layers - 1)])
+        self.weights = jt.ones((self.num_layers, 1, 1, 1))
+        if self.num_layers == 1:
+            self.weights.stop_grad()
+        init_mae_weights(self)
+
+    def fusion_weights(self):
+        """softmax over the fused blocks: the (L,) weights applied."""
+        return nn.softmax(self.weights, dim=0).reshape(self.num_layers)
+
+    def execute(self, layers):
+        if len(layers) != self.num_layers:
+            raise ValueError(f"this fusion takes {self.num_layers} block outputs, got {len(layers)}")
+        projected = [p(x) for p, x in zip(self.proj, layers[:-1])] + [layers[-1]]
+        w = nn.softmax(self.weights, dim=0)
+        fused = w[0] * projected[0]  # term by term: under autocast the projections may be bf16
+        for i in range(1, self.num_layers):
+            fused = fused + w[i] * projected[i]
+        return fused

@@ -143,21 +143,39 @@ class VisionTransformer(nn.Module):
         last = self.blocks[depth - 1]
         return last.attn.attention_probs(last.norm1(x))
 
-    def forward_features(self, x: jt.Var, mask=None) -> dict:
-        x, (h, w) = self.prepare_tokens(x, mask)
-        for blk in self.blocks:
+    def _run_blocks(self, x: jt.Var, layers) -> tuple:
+        """The blocks on ``x``; also the outputs (pre-norm, CLS first) of the blocks listed in
+        ``layers`` (0-based), taken on the way: MFF's decoder reads them."""
+        layers = tuple(int(i) for i in layers)
+        if any(not 0 <= i < len(self.blocks) for i in layers):
+            raise ValueError(f"layers must be block indices in [0, {len(self.blocks) - 1}], got {list(layers)}")
+        taken = []
+        for i, blk in enumerate(self.blocks):
             x = blk(x)
-        normed = self.norm(x)
-        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+            if i in layers:
+                taken.append(x)
+        return x, taken
 
-    def forward_visible(self, x: jt.Var, keep_rows: jt.Var, num_keep: int) -> dict:
+    def forward_features(self, x: jt.Var, mask=None, layers=()) -> dict:
+        """Normed CLS / patch tokens, the pre-norm patch tokens (``head_input``) and the grid; with
+        ``layers``, also ``"layers"``: those blocks' (B, 1 + N, C) pre-norm outputs."""
+        x, (h, w) = self.prepare_tokens(x, mask)
+        x, taken = self._run_blocks(x, layers)
+        normed = self.norm(x)
+        out = {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+        if layers:
+            out["layers"] = taken
+        return out
+
+    def forward_visible(self, x: jt.Var, keep_rows: jt.Var, num_keep: int, layers=()) -> dict:
         """MAE's encoder: the blocks see the CLS token and the visible patches only.
 
         ``keep_rows``: (B * num_keep,) int32 rows of the flattened (B * N) patch tokens to keep,
         image-major (image b's rows are ``b * N + i``); every image keeps ``num_keep`` patches.
         Position embeddings are added before the patches are dropped (MAE ``forward_encoder``), so
         the order of the kept rows does not matter. Returns ``forward_features``'s dict with
-        ``patch`` / ``head_input`` holding the (B, num_keep, C) visible tokens only.
+        ``patch`` / ``head_input`` holding the (B, num_keep, C) visible tokens only (and ``layers``
+        the listed blocks' (B, 1 + num_keep, C) outputs, computed once on the way).
         """
         tokens, (h, w) = self.patch_embed(x)
         B, C = tokens.shape[0], self.embed_dim
@@ -167,10 +185,12 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"keep_rows must hold {B} x {num_keep} rows, got shape {tuple(keep_rows.shape)}")
         visible = tokens.reshape(B * h * w, C)[keep_rows].reshape(B, num_keep, C)
         x = jt.concat([(self.cls_token + pos[:, :1]).broadcast((B, 1, C)), visible], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        x, taken = self._run_blocks(x, layers)
         normed = self.norm(x)
-        return {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+        out = {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
+        if layers:
+            out["layers"] = taken
+        return out
 
     def execute(self, x: jt.Var, mask=None) -> jt.Var:
         return self.forward_features(x, mask=mask)["cls"]

@@ -135,3 +135,13 @@ def test_render_of_a_report_without_the_twin_rows_leaves_their_figures_empty():
     assert figures["hssl_over_baseline_flops"] is not None  # the iBOT twins were measured then
     assert figures["mocov3_hssl_over_baseline_flops"] is None
     assert "| mocov3_hssl_over_baseline_flops | n/a |" in md
+
+
+def test_seed_studies_report_mean_and_sample_std_and_no_spread_for_one_seed():
+    from benchmarks.common import mean_std
+    values = [58.7, 58.85, 59.95]
+    mean, std = mean_std(values + [None])          # a missing run is left out, not counted as 0
+    assert mean == pytest.approx(np.mean(values))
+    assert std == pytest.approx(np.std(values, ddof=1))
+    assert mean_std([61.2]) == (61.2, None)         # one seed: no spread measured, not a spread of 0
+    assert mean_std([None]) == (None, None)

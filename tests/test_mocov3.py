@@ -185,7 +185,7 @@ def test_fashion_mnist_loss_falls_and_knn_beats_untrained(tmp_path):
         "data.dataset=fashion_mnist", f"data.path={fm}", "data.subset=0.02", "data.global_crop_size=16",
         "data.global_crops_scale=[0.4,1.0]", "data.mean=[0.286,0.286,0.286]", "data.std=[0.353,0.353,0.353]",
         "batch_size=64", "epochs=8", "optim.lr=2e-3", "optim.warmup_epochs=1", "optim.weight_decay=0.1",
-        "optim.weight_decay_end=0.1", "optim.clip_grad=0", "optim.momentum_teacher=0.99", "model.drop_path_rate=0",
+        "optim.weight_decay_end=0.1", "optim.clip_grad=0", "optim.momentum_teacher=0.96", "model.drop_path_rate=0",
         "eval.train_subset=0.05", "eval.val_subset=0.05", "eval.batch_size=256", "eval.knn_k=[20]", "log_freq=1",
         "hssl.depth=1", "mocov3.proj_hidden_dim=128", "mocov3.pred_hidden_dim=128", "mocov3.proj_dim=64"],
         method="mocov3")
@@ -199,7 +199,8 @@ def test_fashion_mnist_loss_falls_and_knn_beats_untrained(tmp_path):
     print(f"MoCo v3 + HSSL on Fashion-MNIST ({len(losses)} iterations): loss {first:.3f} -> {last:.3f}, "
           f"k-NN top-1 {untrained:.2f}% untrained -> {trained:.2f}%")
     if trained <= untrained:
-        # Measured 2026-11-29 (2-core EPYC, loaded): loss 6.64 -> 5.61 but k-NN 57.2% vs 59.2% untrained
-        # (500 val images) after 144 iterations. The loss assertion above stays enforced; the k-NN claim
-        # is reported as an expected failure until the short MoCo v3 recipe is tuned (not done yet).
+        # Measured 2026-11-29 (2-core EPYC): k-NN 57.2% (momentum 0.99) and 58.4% (0.96, the recipe's) vs
+        # 59.2% untrained (500 val images) after 144 iterations of this 16 px, depth-1 setting. The loss
+        # assertion above stays enforced. The k-NN claim is met at the recipe's budget (279 iterations,
+        # 28 px: benchmarks/results/fmnist_seeds_mocov3.md), which is too long for CI.
         pytest.xfail(f"MoCo v3 k-NN {trained:.2f}% does not beat the untrained {untrained:.2f}% in 144 iterations")

@@ -112,5 +112,7 @@ def test_twins_refuse_what_they_do_not_model():
     from benchmarks.torch_models import TorchMAE, TorchMoCoV3
     with pytest.raises(ValueError, match="hssl.heads=\\['resnet'\\]"):
         TorchMAE.from_config(_config("mae", False, ["hssl.heads=[resnet]"]))
+    with pytest.raises(ValueError, match="no MFF fusion"):
+        TorchMAE.from_config(_config("mae", False, ["mae.fusion_layers=[5,11]"]))
     with pytest.raises(ValueError, match="in-batch negatives only"):
         TorchMoCoV3.from_config(_config("mocov3", False, ["mocov3.negatives=queue", f"mocov3.queue_size={BATCH}"]))

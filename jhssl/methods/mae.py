@@ -54,14 +54,42 @@ masked patches and the head's normalised representation of them. It is the count
 KL between base and head outputs in this method's own loss space; linear CKA and Procrustes between
 the base's CLS feature and the head's pooled feature are logged beside it, as for the other methods.
 
-MFF (zh version, Table 9: the decoder reads a learned fusion of several encoder layers) is not
-implemented: it is a separate paper's change to MAE's encoder-decoder interface, not part of HSSL.
+MFF (``mae.fusion_layers``; the zh version's MFF [81] and MFF + HSSL rows, ViT-B/16, 300 epochs):
+Liu et al., "Improving Pixel-based MIM by Reducing Wasted Modeling Capability" (ICCV 2023,
+arXiv 2308.00261; official code: open-mmlab/mmpretrain ``mmpretrain/models/selfsup/mff.py`` and
+``configs/mff/``). Pixel reconstruction makes MAE's last block spend capacity on low-level detail;
+MFF gives the decoder the shallow blocks' outputs as well. As ``MFFViT``:
+
+* the outputs of the listed encoder blocks (0-based, the encoder's last block last; MMPretrain's
+  ViT-B configs fuse ``[1, 3, 5, 7, 9, 11]`` at 300 epochs and ``[0, 2, 4, 6, 8, 11]`` at 800), CLS
+  token included, are taken pre-norm on the visible tokens during the one encoder pass;
+* each shallower block goes through its own Linear(C, C), the last block is not projected;
+* they are summed with softmax-normalised learned weights (one logit per block, initialised to 1);
+* the encoder's final LayerNorm is applied to the sum, which the decoder then embeds as usual.
+
+The fusion is pretraining-only (``MFFViT`` without a mask is the plain ViT): its parameters
+(``fusion.*``) sit on the decoder side of :class:`MAENetwork`, are checkpointed, and are dropped by
+the base-model export. Recipe (MMPretrain's MFF ViT-B/16 300-epoch config = its MAE config):
+norm_pix_loss, 75 % masking, decoder 8 x 512 (16 heads), batch 4096, lr 1.5e-4 x batch / 256, AdamW
+(0.9, 0.95), weight decay 0.05, 40 warm-up epochs then cosine. With ``fusion_layers`` = the last
+block alone the fusion is the identity and the run is plain MAE.
+
+MFF + HSSL: the fused tokens replace the encoder's output everywhere in pretraining: the base's
+feature decoder reads LN(fused) and the head reads the fused pre-norm tokens (in the masked pass and
+in the unmasked target pass alike). Why: in MFF the fused tokens *are* the encoder's pretraining
+output and HSSL puts the head serially after the base's output; the pixel reconstruction MFF was
+designed for runs through the head in MAE + HSSL, so it is the pixel path that must see the shallow
+features for MFF to relieve the last block; and the target pass feeds the head the same kind of
+input as the masked pass, or the head's target would come from inputs it is not trained on. Outside
+pretraining (k-NN of the head's features, visualisation) the head reads the last block's tokens: the
+fusion parameters are not part of the evaluated network.
 
 Declared in :mod:`jhssl.methods.registry`: one view (crop + flip), loader-drawn random masks, no EMA
 teacher, the ``mae`` config section. Loss parts: ``pix_base`` (baseline) or ``pix_head`` and
-``feat_base`` (HSSL). Checkpoints hold the student network only (``teacher: None``): ``backbone.*``, ``decoder.*`` and,
-with HSSL, ``aux_head.*``, ``aux_mask_token``, ``aux_decoder.*``. Nothing but the parameters is
-synchronised across ranks (the masks come from the data).
+``feat_base`` (HSSL); with MFF also ``mff_w<block>``, the fusion weights (logged, not summed).
+Checkpoints hold the student network only (``teacher: None``): ``backbone.*``, ``decoder.*``,
+with MFF ``fusion.*`` and, with HSSL, ``aux_head.*``, ``aux_mask_token``, ``aux_decoder.*``. Nothing
+but the parameters is synchronised across ranks (the masks come from the data).
 """
 from jhssl import bootstrap  # noqa: F401
 
@@ -157,11 +185,13 @@ class MAENetwork(nn.Module):
     """Base encoder + decoder(s), and with HSSL the auxiliary head, its mask token and its decoder.
 
     ``decoder`` predicts pixels (baseline) or the head's representation (HSSL); ``aux_decoder``
-    predicts the head's pixels (HSSL only). See the module docstring for the data flow."""
+    predicts the head's pixels (HSSL only). ``fusion_layers`` (MFF): the encoder blocks whose
+    outputs :class:`models.mae.MultiLevelFusion` (``fusion``) fuses into the encoder's output for
+    the decoder and the head; None: the last block's (plain MAE). See the module docstring."""
 
-    def __init__(self, backbone, patch_size, decoder_kw, aux_head=None):
+    def __init__(self, backbone, patch_size, decoder_kw, aux_head=None, fusion_layers=None):
         super().__init__()
-        from models.mae import MAEDecoder
+        from models.mae import MAEDecoder, MultiLevelFusion
         self.backbone = backbone  # initialised by init_mae_encoder (build() does it first)
         self.aux_head = aux_head
         dim = backbone.num_features
@@ -173,6 +203,29 @@ class MAENetwork(nn.Module):
             self.aux_mask_token = jt.init.gauss((1, 1, dim), "float32", 0.0, 0.02)
             # the head's output covers the whole grid: its decoder needs no mask token
             self.aux_decoder = MAEDecoder(aux_head.out_dim, pix_dim, use_mask_token=False, **decoder_kw)
+        # built last, so that the encoder and decoders of one seed are those of plain MAE
+        self.fusion_layers = tuple(fusion_layers) if fusion_layers else ()
+        self.fusion = MultiLevelFusion(dim, len(self.fusion_layers)) if self.fusion_layers else None
+
+    def encode(self, imgs, keep_rows=None, num_keep=None):
+        """The encoder's output as the decoders and the head read it, on the visible patches when
+        ``keep_rows`` is given, else on the whole image: ``tokens`` (B, 1 + K, C) the normed CLS +
+        patch tokens (the base decoder's input), ``head_input`` (B, K, C) the pre-norm patch tokens,
+        ``grid``, and ``base_cls`` the base model's own feature (the last block's normed CLS, what
+        is exported). With MFF, ``tokens`` and ``head_input`` come from the fused block outputs
+        (the final norm applied after the fusion, as MMPretrain's ``MFFViT``); the blocks run once."""
+        bb = self.backbone
+        if keep_rows is None:
+            enc = bb.forward_features(imgs, layers=self.fusion_layers)
+        else:
+            enc = bb.forward_visible(imgs, keep_rows, num_keep, layers=self.fusion_layers)
+        out = {"grid": enc["grid"], "base_cls": enc["cls"]}
+        if self.fusion is None:
+            out.update(tokens=jt.concat([enc["cls"][:, None], enc["patch"]], dim=1), head_input=enc["head_input"])
+        else:
+            fused = self.fusion(enc["layers"])
+            out.update(tokens=bb.norm(fused), head_input=fused[:, 1:])
+        return out
 
     def head_grid(self, visible_tokens, restore_rows, mask, grid):
         """(1): visible (B, K, C) tokens on the full grid, masked positions = mask token + position."""
@@ -186,16 +239,15 @@ class MAENetwork(nn.Module):
     def head_target(self, imgs):
         """(2)+(3): LN(head output tokens) on the unmasked image, no gradient; (B, N, C_head)."""
         with jt.no_grad():
-            full = self.backbone.forward_features(imgs)
+            full = self.encode(imgs)
             return layer_norm_target(self.aux_head(full["head_input"], full["grid"])["patch"]).detach()
 
     def execute(self, imgs, keep_rows, restore_rows, mask, num_keep):
         """Predictions of one batch: ``pix_base`` (baseline) or ``pix_head`` and ``feat_base`` (HSSL),
         each (B, N, D), plus ``grid``; ``target`` (HSSL) the head's representation target."""
-        enc = self.backbone.forward_visible(imgs, keep_rows, num_keep)
+        enc = self.encode(imgs, keep_rows, num_keep)
         grid = enc["grid"]
-        enc_tokens = jt.concat([enc["cls"][:, None], enc["patch"]], dim=1)
-        base_pred = self.decoder(enc_tokens, grid, restore_rows)
+        base_pred = self.decoder(enc["tokens"], grid, restore_rows)
         if self.aux_head is None:
             return {"pix_base": base_pred, "grid": grid}
         h = self.aux_head(self.head_grid(enc["head_input"], restore_rows, mask, grid), grid)
@@ -231,6 +283,11 @@ class MAE(Method):
         for v in parts.values():
             total = total + v
         parts["loss"] = total
+        fusion = self.student.fusion
+        if fusion is not None and fusion.num_layers > 1:  # logged, as MMPretrain's MFF logs weight_i
+            w = fusion.fusion_weights().detach()
+            for i, layer in enumerate(self.student.fusion_layers):
+                parts[f"mff_w{layer}"] = w[i]
         return parts
 
     def compute_loss(self, crops, masks, epoch):
@@ -260,9 +317,9 @@ class MAE(Method):
             imgs, mask, out = self.forward(x, self.eval_masks(int(x.shape[0]), grid[0]), net=net)
             per_patch = ((out["feat_base"] - out["target"]) ** 2).mean(dim=-1)
             d = (per_patch * mask).sum(dim=1) / mask.sum(dim=1)
-            full = net.backbone.forward_features(imgs)
+            full = net.encode(imgs)  # the head reads its training input (the fused tokens with MFF)
             h = net.aux_head(full["head_input"], full["grid"])
-            return d.numpy(), full["cls"].numpy(), h["cls"].numpy()
+            return d.numpy(), full["base_cls"].numpy(), h["cls"].numpy()
 
     def reconstruct(self, x):
         """(input, masked input, reconstruction with the visible patches pasted back) as numpy
@@ -326,24 +383,43 @@ def init_mae_encoder(backbone):
     backbone.pos_embed.stop_grad()
 
 
+def fusion_blocks(layers, depth, arch):
+    """``mae.fusion_layers`` checked against the encoder's ``depth`` blocks (the schema has checked
+    the list's form): None when off, else the tuple of block indices."""
+    from jhssl.config import ConfigError
+    if not layers:
+        return None
+    if layers[-1] != depth - 1:
+        bad = [i for i in layers if not 0 <= i < depth]
+        raise ConfigError(f"config key 'mae.fusion_layers' = {list(layers)}: "
+                          + (f"block {bad[0]} is out of range for {arch!r} (blocks 0..{depth - 1})" if bad else
+                             f"the last entry must be the encoder's last block, {depth - 1} for {arch!r} "
+                             f"(MFF fuses shallower blocks into the output block)"))
+    return tuple(int(i) for i in layers)
+
+
 def build(cfg):
     """MAE (``hssl: null``) or MAE + HSSL from ``cfg``; ``mae.init_from`` loads a (converted) encoder."""
     from .selfdistill import build_aux_head_for, build_base_model
+    from jhssl.config import ConfigError
     a = cfg.mae
     backbone = build_base_model(cfg, use_mask_token=False)
     if not hasattr(backbone, "forward_visible"):
-        raise ValueError(f"method: mae needs a ViT base model (model.arch), got {cfg.model.arch!r}")
+        raise ConfigError(f"config key 'model.arch' = {cfg.model.arch!r}: method: mae needs a ViT base model"
+                          + (" (and mae.fusion_layers fuses ViT blocks)" if a.fusion_layers else ""))
+    fusion_layers = fusion_blocks(a.fusion_layers, len(backbone.blocks), cfg.model.arch)
     # before anything else draws from the RNG, so that the plain-MAE and MAE + HSSL runs of one seed
     # start from the same encoder (their untrained k-NN and the comparison depend on it)
     init_mae_encoder(backbone)
     aux = build_aux_head_for(cfg, backbone, teacher=False)
     decoder_kw = dict(embed_dim=a.decoder_embed_dim, depth=a.decoder_depth, num_heads=a.decoder_num_heads)
-    student = MAENetwork(backbone, cfg.model.patch_size, decoder_kw, aux)
+    student = MAENetwork(backbone, cfg.model.patch_size, decoder_kw, aux, fusion_layers)
     if a.init_from:
         from jhssl import zoo
         report = zoo.load_into(backbone, a.init_from, arch=cfg.model.arch, verbose=False)
         backbone.pos_embed.stop_grad()  # stays fixed (MAE's released table is the same sin-cos one)
-        fresh = ["decoder"] + (["aux_head", "aux_mask_token", "aux_decoder"] if aux is not None else [])
+        fresh = (["decoder"] + (["aux_head", "aux_mask_token", "aux_decoder"] if aux is not None else [])
+                 + (["fusion"] if fusion_layers else []))
         print(f"mae.init_from={a.init_from}: base encoder loaded ({len(report.loaded)} tensors"
               + (f", dropped {len(report.dropped)}: {', '.join(sorted(set(report.dropped.values())))}"
                  if report.dropped else "")
