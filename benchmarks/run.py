@@ -622,7 +622,8 @@ def summarize(results, meta):
                   "hssl-convnext jittor, image level only",
                   "search-1head jittor", "search-6heads jittor", "mocov3 baseline jittor", "mocov3 hssl-convnext jittor",
                   "mae baseline jittor", "mae hssl-convnext jittor", "baseline torch", "hssl-convnext torch",
-                  "mocov3 baseline torch", "mocov3 hssl-convnext torch", "mae baseline torch", "mae hssl-convnext torch"):
+                  "mocov3 baseline torch", "mocov3 hssl-convnext torch", "mae baseline torch",
+                  "mae hssl-convnext torch"):
         r = R.get(label, {})
         note = r.get("unavailable") or r.get("error") or ""
         md.append(f"| {label} | {_fmt(r.get('median_s'), 3)} | {_fmt(r.get('peak_rss_mb'), 0)} | "

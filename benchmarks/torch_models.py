@@ -395,9 +395,10 @@ class MoCoMLP(nn.Module):
         super().__init__()
         layers = []
         for i in range(num_layers):
-            d_out = out_dim if i == num_layers - 1 else hidden_dim
+            last = i == num_layers - 1
+            d_out = out_dim if last else hidden_dim
             layers.append(nn.Linear(in_dim if i == 0 else hidden_dim, d_out, bias=False))
-            layers += [nn.BatchNorm1d(d_out), nn.ReLU()] if i < num_layers - 1 else [nn.BatchNorm1d(d_out, affine=False)]
+            layers += [nn.BatchNorm1d(d_out, affine=False)] if last else [nn.BatchNorm1d(d_out), nn.ReLU()]
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x):

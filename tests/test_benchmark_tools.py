@@ -145,3 +145,16 @@ def test_seed_studies_report_mean_and_sample_std_and_no_spread_for_one_seed():
     assert std == pytest.approx(np.std(values, ddof=1))
     assert mean_std([61.2]) == (61.2, None)         # one seed: no spread measured, not a spread of 0
     assert mean_std([None]) == (None, None)
+
+
+@pytest.mark.slow  # the benchmark's own sizes (MoCo v3's 4096-wide MLPs, MAE's 8-block decoder): ~1 min
+@pytest.mark.parametrize("method", ["mocov3", "mae"])
+def test_ssl_worker_counts_the_flops_of_a_torch_twin_step(method):
+    require("torch")
+    from benchmarks.run import worker_ssl
+    spec = dict(kind="ssl", framework="torch", method=method, arch="vit_tiny", patch=4, local=8, n_local=0,
+                batch=4, warmup=1, iters=1, fast=True, masked=True, depth=1)
+    spec["global"] = 16
+    base, hssl = worker_ssl(dict(spec, heads=[])), worker_ssl(dict(spec, heads=["convnext"]))
+    assert "error" not in base and "error" not in hssl, (base, hssl)
+    assert hssl["flops"] > base["flops"] > 0  # the head's work is counted
