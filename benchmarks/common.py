@@ -133,11 +133,6 @@ def machine_line(info: dict) -> str:
     return s
 
 
-if __name__ == "__main__":
-    info = machine_info()
-    print(machine_line(info))
-
-
 def mean_std(values):
     """(mean, sample std) of the values that are not None; std is None for a single value (no spread
     measured, rather than a spread of 0), and both are None for none. Every seed study reports with this."""
@@ -147,3 +142,17 @@ def mean_std(values):
     mean = math.fsum(v) / len(v)
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None
     return mean, std
+
+
+def format_mean_std(mean, std, digits=2, sign=""):
+    """``mean ± std`` for a results table (``sign="+"`` for a difference); the mean alone when no spread
+    was measured (one seed), a dash when there is no value."""
+    if mean is None:
+        return "–"
+    return f"{mean:{sign}.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+if __name__ == "__main__":
+    info = machine_info()
+    print(machine_line(info))
+

@@ -105,7 +105,7 @@ def main(argv=None):
                     seconds.setdefault(proto, []).append(float(open(timing).read()))
     if args.dry_run:
         return 0
-    from benchmarks.common import machine_info, machine_line, mean_std
+    from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std
 
     def stats(v):
         mean, std = mean_std(v)
@@ -134,7 +134,7 @@ def main(argv=None):
              "|---|" + "---|" * (2 * len(arms) + (3 if args.untrained else 1))]
 
     def fmt(st, sign=""):
-        return f"{st['mean']:{sign}.2f}" + (f" ± {st['std']:.2f}" if st["std"] is not None else "")
+        return format_mean_std(st["mean"], st["std"], sign=sign)
 
     for proto, t in table.items():
         cells = [", ".join(f"{x:.2f}" for x in t[name]) for name, _ in arms]

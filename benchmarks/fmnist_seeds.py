@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 
 import jhssl  # noqa: E402,F401
 from jhssl.fileio import atomic_write_text  # noqa: E402
-from benchmarks.common import machine_info, mean_std  # noqa: E402
+from benchmarks.common import format_mean_std, machine_info, mean_std  # noqa: E402
 
 HEADS = ("convnext", "resnet", "resmlp", "poolformer", "vit", "swin")
 
@@ -84,12 +84,6 @@ def spearman(x, y):
     perms = [rho(rx, ry[list(p)]) for p in itertools.permutations(range(len(ry)))] if len(ry) <= 8 else []
     p = float(np.mean([abs(q) >= abs(r) - 1e-12 for q in perms])) if perms else None
     return r, p
-
-
-def _fmt(m, s, digits=2, sign=""):
-    if m is None:
-        return "–"
-    return f"{m:{sign}.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
 
 
 def load_discrepancy(path):
@@ -164,9 +158,9 @@ def report(args, runs, command, cfg):
         cells = [f"{t['per_seed'][str(s)]['knn_top1']:.2f}" if str(s) in t["per_seed"] else "–" for s in args.seeds]
         diffs = ", ".join(f"{t['paired_diff_vs_baseline'][str(s)]:+.2f}" if str(s) in t["paired_diff_vs_baseline"]
                           else "–" for s in args.seeds) if arm != "baseline" else ""
-        md.append(f"| {arm} | " + " | ".join(cells) + f" | {_fmt(*t['top1_mean_std'])} | "
-                  f"{_fmt(*t['untrained_mean_std'])} | {diffs} | "
-                  f"{_fmt(*t['paired_diff_mean_std'], sign='+') if arm != 'baseline' else ''} |")
+        md.append(f"| {arm} | " + " | ".join(cells) + f" | {format_mean_std(*t['top1_mean_std'])} | "
+                  f"{format_mean_std(*t['untrained_mean_std'])} | {diffs} | "
+                  f"{format_mean_std(*t['paired_diff_mean_std'], sign='+') if arm != 'baseline' else ''} |")
     md += ["", "Wall time per run (training + both k-NN evaluations, from log.jsonl): " + ", ".join(
         f"{a}:{s} {runs[(a, s)]['logged_s']} s" for a in arms for s in args.seeds if runs.get((a, s))) + ".", ""]
     if disc:

@@ -143,9 +143,10 @@ class VisionTransformer(nn.Module):
         last = self.blocks[depth - 1]
         return last.attn.attention_probs(last.norm1(x))
 
-    def _run_blocks(self, x: jt.Var, layers) -> tuple:
-        """The blocks on ``x``; also the outputs (pre-norm, CLS first) of the blocks listed in
-        ``layers`` (0-based), taken on the way: MFF's decoder reads them."""
+    def _encode(self, x: jt.Var, grid, layers=()) -> dict:
+        """The blocks and the final norm on the tokens ``x`` (CLS first) -> ``forward_features``'s
+        dict; with ``layers`` (0-based block indices) also ``"layers"``: those blocks' (B, T, C)
+        pre-norm outputs, taken on the way (MFF's decoder reads them)."""
         layers = tuple(int(i) for i in layers)
         if any(not 0 <= i < len(self.blocks) for i in layers):
             raise ValueError(f"layers must be block indices in [0, {len(self.blocks) - 1}], got {list(layers)}")
@@ -154,18 +155,17 @@ class VisionTransformer(nn.Module):
             x = blk(x)
             if i in layers:
                 taken.append(x)
-        return x, taken
+        normed = self.norm(x)
+        out = {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": grid}
+        if layers:
+            out["layers"] = taken
+        return out
 
     def forward_features(self, x: jt.Var, mask=None, layers=()) -> dict:
         """Normed CLS / patch tokens, the pre-norm patch tokens (``head_input``) and the grid; with
         ``layers``, also ``"layers"``: those blocks' (B, 1 + N, C) pre-norm outputs."""
-        x, (h, w) = self.prepare_tokens(x, mask)
-        x, taken = self._run_blocks(x, layers)
-        normed = self.norm(x)
-        out = {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
-        if layers:
-            out["layers"] = taken
-        return out
+        x, grid = self.prepare_tokens(x, mask)
+        return self._encode(x, grid, layers)
 
     def forward_visible(self, x: jt.Var, keep_rows: jt.Var, num_keep: int, layers=()) -> dict:
         """MAE's encoder: the blocks see the CLS token and the visible patches only.
@@ -185,12 +185,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"keep_rows must hold {B} x {num_keep} rows, got shape {tuple(keep_rows.shape)}")
         visible = tokens.reshape(B * h * w, C)[keep_rows].reshape(B, num_keep, C)
         x = jt.concat([(self.cls_token + pos[:, :1]).broadcast((B, 1, C)), visible], dim=1)
-        x, taken = self._run_blocks(x, layers)
-        normed = self.norm(x)
-        out = {"cls": normed[:, 0], "patch": normed[:, 1:], "head_input": x[:, 1:], "grid": (h, w)}
-        if layers:
-            out["layers"] = taken
-        return out
+        return self._encode(x, (h, w), layers)
 
     def execute(self, x: jt.Var, mask=None) -> jt.Var:
         return self.forward_features(x, mask=mask)["cls"]

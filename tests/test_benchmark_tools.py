@@ -147,6 +147,13 @@ def test_seed_studies_report_mean_and_sample_std_and_no_spread_for_one_seed():
     assert mean_std([None]) == (None, None)
 
 
+def test_seed_tables_print_the_spread_only_where_it_was_measured():
+    from benchmarks.common import format_mean_std, mean_std
+    assert format_mean_std(*mean_std([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
+    assert format_mean_std(*mean_std([0.25]), sign="+") == "+0.25"  # one seed: no "± 0.00"
+    assert format_mean_std(*mean_std([None])) == "–"
+
+
 @pytest.mark.slow  # the benchmark's own sizes (MoCo v3's 4096-wide MLPs, MAE's 8-block decoder): ~1 min
 @pytest.mark.parametrize("method", ["mocov3", "mae"])
 def test_ssl_worker_counts_the_flops_of_a_torch_twin_step(method):
