@@ -164,7 +164,9 @@ def feature_fn(network, features: str = "base") -> Callable:
 
     ``base``: the base model's image feature (ViT: normed CLS; hierarchical: pooled last stage).
     ``head``: the auxiliary head's CLS (mean of its output tokens, then its LayerNorm), computed
-    from the base's pre-norm patch tokens as in training.
+    from the base's pre-norm patch tokens as in training (MFF + HSSL trains the head on the fused
+    tokens of several blocks; here, as everywhere outside pretraining, it reads the last block's:
+    jhssl/methods/mae.py).
     """
     backbone = network.backbone
     if features == "base":
