@@ -1,8 +1,9 @@
 """Fashion-MNIST evaluation table (issue 14): k-NN, linear probe, fine-tuning and 10 % semi-supervised
 fine-tuning / linear probe, side by side, for baseline and HSSL checkpoints over several seeds.
 
-NOT YET RUN: the checkpoints come from the CPU-scale pretraining recipe (one baseline and one HSSL
-checkpoint per seed, same seed and budget). Once they exist:
+The checkpoints come from a seed study (benchmarks/fmnist_seeds.py: one baseline and one HSSL
+checkpoint per seed, same seed and budget; `--untrained` adds the network before its first step,
+`run/train.py --max-iters 0`). Results: fmnist_eval_table_{ibot,mocov3,mae}.md.
 
     python benchmarks/fmnist_eval_table.py \\
         --baseline output/fmnist_base_s0/checkpoint_X.pkl output/fmnist_base_s1/... output/fmnist_base_s2/... \\
@@ -13,7 +14,7 @@ The i-th checkpoint of each list is paired with seed ``--seeds[i]`` (default 0 1
 (linear-head init, fine-tuning order/augmentation, label subset) equal the pretraining seed.
 Protocols (configs/eval/): linear_fmnist_cached.yaml (cached-features mode: stated in the results),
 finetune_fmnist.yaml, finetune_fmnist_semisup_10pct.yaml, and the linear probe with label_fraction=0.1.
-Writes benchmarks/results/fmnist_eval_table.{json,md}: mean +- std over seeds and the paired
+Writes benchmarks/results/<--name>.{json,md}: mean +- std over seeds and the paired
 HSSL - baseline differences, with the commands and the machine.
 """
 import argparse
