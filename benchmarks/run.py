@@ -587,7 +587,7 @@ def summarize(results, meta):
           f"Load average (1/5/15 min) at start {_load(meta.get('loadavg_start'))}, at end "
           f"{_load(meta.get('loadavg_end'))}: other processes shared the cores, so absolute numbers are "
           "pessimistic; ratios come from runs under the same load.", "",
-          "## Goals (issue 7)", "", "| figure | measured | goal | paper / anchor |", "|---|---|---|---|"]
+          "## Goals (issues 7 and 18)", "", "| figure | measured | goal | paper / anchor |", "|---|---|---|---|"]
     for k, (v, goal, anchor) in figures.items():
         md.append(f"| {k} | {_fmt(v, 3) if v is not None else 'n/a'} | {goal} | {anchor} |")
     md += ["", f"GEMM peak (oneDNN 1024^2): {_fmt(gemm_peak, 1)} GFLOP/s. Step FLOPs: counted by torch's "
