@@ -174,7 +174,7 @@ class MultiLevelFusion(nn.Module):
         if len(layers) != self.num_layers:
             raise ValueError(f"this fusion takes {self.num_layers} block outputs, got {len(layers)}")
         projected = [p(x) for p, x in zip(self.proj, layers[:-1])] + [layers[-1]]
-        w = nn.softmax(self.weights, dim=0)
+        w = self.fusion_weights()
         fused = w[0] * projected[0]  # term by term: under autocast the projections may be bf16
         for i in range(1, self.num_layers):
             fused = fused + w[i] * projected[i]
