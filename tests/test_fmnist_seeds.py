@@ -38,3 +38,32 @@ def test_finished_result_reads_the_final_knn_and_the_untrained_level(tmp_path):
     assert (r["knn_top1"], r["untrained_top1"], r["iterations"], r["logged_s"]) == (61.8, 63.1, 186, 60.0)
     assert r["final_monitors"]["teacher_entropy"] == 5.0
     assert finished_result(str(tmp_path), epochs=3) is None  # the run has not reached its last epoch
+
+
+def _write_run(run_dir, untrained, final, loss_first, loss_last):
+    os.makedirs(run_dir, exist_ok=True)
+    recs = [{"type": "knn_untrained", "epoch": 0, "iteration": 0, "time": 0.0, "top1_k20": untrained, "top5_k20": 90.0},
+            {"type": "step", "epoch": 0, "iteration": 5, "time": 1.0, "loss": loss_first},
+            {"type": "step", "epoch": 1, "iteration": 186, "time": 2.0, "loss": loss_last},
+            {"type": "knn", "epoch": 2, "iteration": 186, "time": 3.0, "top1_k20": final, "top5_k20": 95.0}]
+    with open(os.path.join(run_dir, "log.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(r) for r in recs) + "\n")
+
+
+def test_bases_table_reuses_finished_runs_and_reports_each_bases_gain(tmp_path, monkeypatch):
+    import benchmarks.fmnist_bases as fb
+    import jhssl.train
+    monkeypatch.setattr(fb, "_machine", lambda: {"device": "cpu", "jittor": "x"})
+    monkeypatch.setattr(fb, "machine_line", lambda m: "machine")
+    monkeypatch.setattr(jhssl.train, "train", lambda *a, **k: pytest.fail("--resume must not train a finished run"))
+    work, out = tmp_path / "work", tmp_path / "out"
+    _write_run(str(work / "resnet50-dino_baseline"), 55.0, 60.5, 6.4, 6.1)
+    _write_run(str(work / "resnet50-dino_hssl"), 55.0, 63.0, 13.2, 12.0)
+    assert fb.main(["--resume", "--bases", "resnet50-dino", "--work-dir", str(work), "--out", str(out),
+                    "--name", "t"]) == 0
+    rep = json.load(open(out / "t.json"))
+    assert [(r["arm"], r["knn_top1_untrained"], r["knn_top1"], r["loss_first"], r["loss_last"]) for r in rep["rows"]] \
+        == [("baseline", 55.0, 60.5, 6.4, 6.1), ("hssl", 55.0, 63.0, 13.2, 12.0)]
+    assert "hssl=null" in rep["rows"][0]["overrides"] and "method=dino" in rep["rows"][1]["overrides"]
+    md = open(out / "t.md").read()
+    assert "| resnet50-dino | 55.00 | 60.50 | 63.00 | +5.50 | +2.50 |" in md and "PARTIAL" not in md
