@@ -13,7 +13,8 @@ of one seed start from the same base weights). Runs go one at a time, the baseli
 arms first. ``--resume`` reuses every run whose output directory already holds its final k-NN,
 so the study can be built up in several invocations; the report names the runs that exist.
 
-D per head comes from a head-search result (``--search-json``, written by ``run/search.py``).
+D per head comes from head-search results (``--search-json``, written by ``run/search.py``; the mean
+over several, e.g. search seeds).
 Writes ``<out>/<name>.json``, ``.md`` and ``.png`` (k-NN per seed and arm; gain vs D).
 """
 import argparse
@@ -86,12 +87,20 @@ def spearman(x, y):
     return r, p
 
 
-def load_discrepancy(path):
-    if not path or not os.path.isfile(path):
+def load_discrepancy(paths):
+    """D per head (Eq. 8) from one or more run/search.py results: the mean over the searches given
+    (e.g. search seeds), with each search's own D kept. None if none of the files exists."""
+    found = []
+    for path in paths or []:
+        if os.path.isfile(path):
+            with open(path) as f:
+                d = json.load(f)
+            if d.get("discrepancy"):
+                found.append({"D": d["discrepancy"], "command": d.get("command"), "path": os.path.relpath(path, ROOT)})
+    if not found:
         return None
-    with open(path) as f:
-        d = json.load(f)
-    return {"D": d.get("discrepancy"), "command": d.get("command"), "path": os.path.relpath(path, ROOT)}
+    heads = [h for h in found[0]["D"] if all(h in r["D"] for r in found)]
+    return {"D": {h: float(np.mean([r["D"][h] for r in found])) for h in heads}, "searches": found}
 
 
 def report(args, runs, command, cfg):
@@ -143,7 +152,7 @@ def report(args, runs, command, cfg):
           f"Configs: `{out['config']}` (HSSL, `hssl.heads` set per arm) and `{out['baseline_config']}` "
           f"(`hssl: null`). {out['date']}.", "",
           f"Machine: {m['cpu']} ({m['cores']} CPUs), Jittor {m['jittor']}, load average at the end "
-          f"{m['loadavg'][0]} (other helpers' niced jobs shared the 2 cores).", "",
+          f"{m['loadavg'][0]}.", "",
           f"Budget per run: {cfg.epochs} epochs, batch {cfg.batch_size}, data.subset {cfg.data.subset}; "
           f"k-NN (k=20, T={cfg.eval.knn_t}) of the {evaluated} base CLS, {cfg.eval.train_subset:g} of the train split "
           f"vs {cfg.eval.val_subset:g} of the test split (subsets drawn by seed: the arms of one seed share them). "
@@ -164,11 +173,16 @@ def report(args, runs, command, cfg):
     md += ["", "Wall time per run (training + both k-NN evaluations, from log.jsonl): " + ", ".join(
         f"{a}:{s} {runs[(a, s)]['logged_s']} s" for a in arms for s in args.seeds if runs.get((a, s))) + ".", ""]
     if disc:
-        md += [f"D per head from `{disc['path']}` (`{disc['command']}`).", ""]
-        md += ["| head | D | mean gain (points) |", "|---|---|---|"]
+        searches = disc["searches"]
+        md += [f"D per head{' (mean over the searches)' if len(searches) > 1 else ''} from: "
+               + "; ".join(f"`{r['path']}` (`{r['command']}`)" for r in searches) + ".", ""]
+        per = [f"D search {i + 1}" for i in range(len(searches))] if len(searches) > 1 else []
+        md += ["| head | " + "".join(f"{c} | " for c in per) + "D | mean gain (points) |",
+               "|---|" + "---|" * len(per) + "---|---|"]
         for h in args.heads:
             g = table[h]["paired_diff_mean_std"][0]
-            md.append(f"| {h} | {disc['D'].get(h, float('nan')):.3f} | {'–' if g is None else f'{g:+.2f}'} |")
+            cells = "".join(f"{r['D'].get(h, float('nan')):.3f} | " for r in searches) if per else ""
+            md.append(f"| {h} | {cells}{disc['D'].get(h, float('nan')):.3f} | {'–' if g is None else f'{g:+.2f}'} |")
         md.append("")
         if corr:
             md.append(f"Spearman rank correlation of gain vs D over {len(corr['heads'])} heads: "
@@ -209,8 +223,9 @@ def main(argv=None):
     p.add_argument("--baseline-config", default=os.path.join(ROOT, "configs", "fmnist_ibot_hssl_vit_tiny_baseline.yaml"))
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--search-json", default=os.path.join(ROOT, "benchmarks", "results", "search_fmnist_seeds.json"),
-                   help="run/search.py result holding D per head")
+    p.add_argument("--search-json", nargs="+",
+                   default=[os.path.join(ROOT, "benchmarks", "results", "search_fmnist_seeds.json")],
+                   help="run/search.py results holding D per head (several: D is their mean)")
     p.add_argument("--work-dir", default=os.path.join(ROOT, "output", "fmnist_seeds"))
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--name", default="fmnist_seeds")

@@ -8,7 +8,7 @@ import pytest
 from _train_helpers import ROOT
 
 sys.path.insert(0, ROOT)
-from benchmarks.fmnist_seeds import finished_result, mean_std, spearman  # noqa: E402
+from benchmarks.fmnist_seeds import finished_result, load_discrepancy, mean_std, spearman  # noqa: E402
 
 
 def test_spearman_rank_correlation_and_exact_permutation_p():
@@ -67,3 +67,14 @@ def test_bases_table_reuses_finished_runs_and_reports_each_bases_gain(tmp_path, 
     assert "hssl=null" in rep["rows"][0]["overrides"] and "method=dino" in rep["rows"][1]["overrides"]
     md = open(out / "t.md").read()
     assert "| resnet50-dino | 55.00 | 60.50 | 63.00 | +5.50 | +2.50 |" in md and "PARTIAL" not in md
+
+
+def test_discrepancy_of_several_searches_is_their_mean_per_head(tmp_path):
+    paths = []
+    for i, d in enumerate(({"convnext": 4.0, "vit": 6.0, "resnet": 1.0}, {"convnext": 2.0, "vit": 5.0})):
+        paths.append(str(tmp_path / f"s{i}.json"))
+        json.dump({"discrepancy": d, "command": f"search {i}"}, open(paths[-1], "w"))
+    disc = load_discrepancy(paths + [str(tmp_path / "missing.json")])
+    assert disc["D"] == {"convnext": 3.0, "vit": 5.5}  # a head missing from one search has no mean
+    assert [r["command"] for r in disc["searches"]] == ["search 0", "search 1"]
+    assert load_discrepancy([str(tmp_path / "missing.json")]) is None
