@@ -10,9 +10,10 @@ Table 6; Swin-T: iBOT + ConvNext, masks on its last stage's grid; ViT-T/7: the r
 with ``hssl=null`` (baseline) and once with HSSL, same seed, so both arms start from the same base
 weights. Every run logs the weighted k-NN (k=20, T=0.07) of the teacher base features before its first
 step (the untrained network of the same architecture) and after training, and its first/last loss,
-so the table shows that each base trains and how far it moves. Bases with a 32-pixel stride get
-64-px global and 32-px local crops (Fashion-MNIST up-sampled), the token bases the recipe's native
-28/14 px. ``--resume`` reuses runs whose directory holds the final k-NN (runs are deterministic on
+so the table shows that each base trains and how far it moves. Crops per base (the table's column):
+the token bases take the recipe's native 28/14 px; ResNet-50 64-px global and 32-px local crops
+(Fashion-MNIST up-sampled for its 32-pixel stride); Swin-T 64 px and PVT-v2-b2 32 px, both without
+local crops, as zh Table 6's rows for them (PVT-v2 needs sides divisible by 32). ``--resume`` reuses runs whose directory holds the final k-NN (runs are deterministic on
 the CPU). Writes <out>/<name>.json/.md with the command, the budget and the machine. One seed:
 differences include run-to-run noise of unknown size.
 """
@@ -33,6 +34,8 @@ from benchmarks.fmnist_hssl_vs_baseline import _machine  # noqa: E402
 from benchmarks.fmnist_seeds import finished_result  # noqa: E402
 
 STRIDE32 = ["data.global_crop_size=64", "data.local_crop_size=32"]
+# zh Table 6's Swin-T and PVT rows train without multi-crop; PVT-v2 needs sides divisible by 32 (so no 16-px locals)
+NO_MULTICROP = ["data.local_crops_number=0"]
 NO_PATCHES = ["model.patch_size=16"]  # the schema default: ResNet/PVT take no patch size (the recipe sets 7)
 DINO = ["method=dino", "hssl.patch_level=none"]  # DINO has no patch-level loss
 # name -> (overrides for the base, its method and its head) on top of the recipe
@@ -40,11 +43,17 @@ BASES = {
     "resnet50-dino": ["model.arch=resnet50", "hssl.heads=[resmlp]"] + DINO + STRIDE32 + NO_PATCHES,
     "resmlp_12-dino": ["model.arch=resmlp_12_224", "hssl.heads=[vit]"] + DINO,
     "resmlp_12-ibot": ["model.arch=resmlp_12_224", "method=ibot", "hssl.heads=[vit]"],
-    "pvt_v2_b2-dino": ["model.arch=pvt_v2_b2", "hssl.heads=[convnext]"] + DINO + STRIDE32 + NO_PATCHES,
+    "pvt_v2_b2-dino": ["model.arch=pvt_v2_b2", "hssl.heads=[convnext]", "data.global_crop_size=32"] + DINO
+    + NO_MULTICROP + NO_PATCHES,
     "swin_tiny-ibot": ["model.arch=swin_tiny", "model.patch_size=4", "method=ibot", "hssl.heads=[convnext]"]
-    + STRIDE32,
+    + STRIDE32 + NO_MULTICROP,
     "vit_tiny/7-ibot": ["model.arch=vit_tiny", "method=ibot", "hssl.heads=[convnext]"],
 }
+
+
+def _crops(cfg):
+    d = cfg.data
+    return f"2x{d.global_crop_size}" + (f" + {d.local_crops_number}x{d.local_crop_size}" if d.local_crops_number else "")
 
 
 def _loss_span(output_dir):
@@ -82,7 +91,8 @@ def main(argv=None):
             rows.append({"base": base, "arm": arm, "knn_top1_untrained": res["untrained_top1"],
                          "knn_top1": res["knn_top1"], "loss_first": first, "loss_last": last,
                          "iterations": res["iterations"], "logged_s": res["logged_s"],
-                         "final_monitors": res["final_monitors"], "overrides": over})
+                         "final_monitors": res["final_monitors"], "overrides": over,
+                         "crops": _crops(cfg)})
             print(f"{base} {arm}: k-NN {res['untrained_top1']:.2f} -> {res['knn_top1']:.2f}%, "
                   f"loss {first} -> {last} ({res['logged_s']} s)", flush=True)
             # written after every run: an interrupted benchmark keeps the runs it finished, labelled partial
@@ -113,10 +123,11 @@ def write_report(args, argv, rows, planned):
           f"k-NN (k=20, T={cfg.eval.knn_t}) of the teacher base features, {b['eval.train_subset']:g} of the "
           f"train split vs {b['eval.val_subset']:g} of the test split. One seed: differences include "
           "run-to-run noise of unknown size.", "",
-          "| base + method | arm | k-NN top-1 untrained (%) | k-NN top-1 trained (%) | loss first -> last | iterations | s |",
-          "|---|---|---|---|---|---|---|"]
+          "| base + method | arm | crops (px) | k-NN top-1 untrained (%) | k-NN top-1 trained (%) | loss first -> last "
+          "| iterations | s |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['base']} | {r['arm']} | {r['knn_top1_untrained']:.2f} | {r['knn_top1']:.2f} | "
+        md.append(f"| {r['base']} | {r['arm']} | {r.get('crops', '-')} | {r['knn_top1_untrained']:.2f} | {r['knn_top1']:.2f} | "
                   f"{fmt(r['loss_first'])} -> {fmt(r['loss_last'])} | {r['iterations']} | {r['logged_s']} |")
     md += ["", "Per base: the baseline's move from its untrained network, and HSSL's difference to the baseline "
            "(same seed, same start).", "",
