@@ -13,7 +13,8 @@ step (the untrained network of the same architecture) and after training, and it
 so the table shows that each base trains and how far it moves. Crops per base (the table's column):
 the token bases take the recipe's native 28/14 px; ResNet-50 64-px global and 32-px local crops
 (Fashion-MNIST up-sampled for its 32-pixel stride); Swin-T 64 px and PVT-v2-b2 32 px, both without
-local crops, as zh Table 6's rows for them (PVT-v2 needs sides divisible by 32). ``--resume`` reuses runs whose directory holds the final k-NN (runs are deterministic on
+local crops, as zh Table 6's rows for them (PVT-v2 needs sides divisible by 32). ``--resume``
+reuses runs whose directory holds the final k-NN (runs are deterministic on
 the CPU). Writes <out>/<name>.json/.md with the command, the budget and the machine. One seed:
 differences include run-to-run noise of unknown size.
 """
@@ -53,7 +54,8 @@ BASES = {
 
 def _crops(cfg):
     d = cfg.data
-    return f"2x{d.global_crop_size}" + (f" + {d.local_crops_number}x{d.local_crop_size}" if d.local_crops_number else "")
+    local = f" + {d.local_crops_number}x{d.local_crop_size}" if d.local_crops_number else ""
+    return f"2x{d.global_crop_size}{local}"
 
 
 def _loss_span(output_dir):
@@ -127,7 +129,8 @@ def write_report(args, argv, rows, planned):
           "| iterations | s |",
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['base']} | {r['arm']} | {r.get('crops', '-')} | {r['knn_top1_untrained']:.2f} | {r['knn_top1']:.2f} | "
+        md.append(f"| {r['base']} | {r['arm']} | {r.get('crops', '-')} | {r['knn_top1_untrained']:.2f} | "
+                  f"{r['knn_top1']:.2f} | "
                   f"{fmt(r['loss_first'])} -> {fmt(r['loss_last'])} | {r['iterations']} | {r['logged_s']} |")
     md += ["", "Per base: the baseline's move from its untrained network, and HSSL's difference to the baseline "
            "(same seed, same start).", "",

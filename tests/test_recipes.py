@@ -85,3 +85,25 @@ def test_demo_is_the_cpu_recipe():
     for c in (demo, recipe):
         c.pop("output_dir"), c.pop("keep_last")
     assert demo == recipe
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def test_fmnist_search_runs_on_the_recipes_own_setting():
+    """D per head (benchmarks/results/fmnist_seeds_heads.md) is only comparable with the heads' gains if the
+    search trains the recipe's base on the recipe's data: it may differ only in the search's Eq. 6 settings."""
+    search = _flat(_cfg("search_fmnist_ibot_vit_tiny").to_dict())
+    recipe = _flat(_cfg("fmnist_ibot_hssl_vit_tiny").to_dict())
+    differ = {k for k in set(search) | set(recipe) if search.get(k) != recipe.get(k)}
+    assert differ == {"output_dir", "epochs", "hssl.heads", "hssl.depth", "hssl.patch_level",
+                      "data.local_crops_number", "optim.warmup_epochs", "optim.freeze_last_layer", "eval.val_subset"}
+    assert search["hssl.heads"] == ["convnext", "resnet", "resmlp", "poolformer", "vit", "swin"]
+    assert (search["hssl.depth"], search["hssl.patch_level"], search["data.local_crops_number"]) == (1, "none", 0)
