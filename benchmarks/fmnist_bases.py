@@ -64,12 +64,6 @@ def _crops(cfg):
     return f"2x{d.global_crop_size}{local}"
 
 
-def _loss_span(output_dir):
-    from jhssl.logging import read_jsonl
-    steps = [r for r in read_jsonl(os.path.join(output_dir, "log.jsonl")) if r.get("type") == "step"]
-    return (steps[0].get("loss"), steps[-1].get("loss")) if steps else (None, None)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "fmnist_ibot_hssl_vit_tiny.yaml"))
@@ -95,14 +89,13 @@ def main(argv=None):
             if res is None:
                 train(cfg, resume=None, progress=False)
                 res = finished_result(run_dir, cfg.epochs)
-            first, last = _loss_span(run_dir)
             rows.append({"base": base, "arm": arm, "knn_top1_untrained": res["untrained_top1"],
-                         "knn_top1": res["knn_top1"], "loss_first": first, "loss_last": last,
+                         "knn_top1": res["knn_top1"], "loss_first": res["loss_first"], "loss_last": res["loss_last"],
                          "iterations": res["iterations"], "logged_s": res["logged_s"],
                          "final_monitors": res["final_monitors"], "overrides": over,
                          "crops": _crops(cfg)})
             print(f"{base} {arm}: k-NN {res['untrained_top1']:.2f} -> {res['knn_top1']:.2f}%, "
-                  f"loss {first} -> {last} ({res['logged_s']} s)", flush=True)
+                  f"loss {res['loss_first']} -> {res['loss_last']} ({res['logged_s']} s)", flush=True)
             # written after every run: an interrupted benchmark keeps the runs it finished, labelled partial
             write_report(args, argv, rows, planned)
     print(f"wrote {args.out}/{args.name}.{{json,md}}")
@@ -135,7 +128,7 @@ def write_report(args, argv, rows, planned):
           "| iterations | s |",
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['base']} | {r['arm']} | {r.get('crops', '-')} | {r['knn_top1_untrained']:.2f} | "
+        md.append(f"| {r['base']} | {r['arm']} | {r['crops']} | {r['knn_top1_untrained']:.2f} | "
                   f"{r['knn_top1']:.2f} | "
                   f"{fmt(r['loss_first'])} -> {fmt(r['loss_last'])} | {r['iterations']} | {r['logged_s']} |")
     md += ["", "Per base: the baseline's move from its untrained network, and HSSL's difference to the baseline "

@@ -44,7 +44,8 @@ def run_dir(work_dir, arm, seed):
 
 
 def finished_result(output_dir, epochs):
-    """The run's final k-NN / untrained k-NN / seconds from its log.jsonl, or None if unfinished."""
+    """The run's final k-NN / untrained k-NN / seconds / first and last loss from its log.jsonl, or None if
+    unfinished."""
     from jhssl.logging import read_jsonl
     recs = read_jsonl(os.path.join(output_dir, "log.jsonl"))
     final = [r for r in recs if r.get("type") == "knn" and r.get("epoch") == epochs]
@@ -59,7 +60,8 @@ def finished_result(output_dir, epochs):
             "iterations": final[-1]["iteration"],
             "logged_s": round(max(times) - min(times), 1) if times else None,
             "final_monitors": {k: last.get(k) for k in ("teacher_entropy", "teacher_kl_uniform", "agreement")},
-            "final_cls_base": last.get("cls_base")}
+            "final_cls_base": last.get("cls_base"),
+            "loss_first": steps[0].get("loss") if steps else None, "loss_last": last.get("loss")}
 
 
 def spearman(x, y):
