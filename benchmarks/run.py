@@ -151,6 +151,20 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+class _JittorFlops:
+    """Runs one Jittor step under ``benchmarks.jittor_flops.JittorFlops`` (the FlopCounterMode count, for
+    steps without a torch twin: the six-head search)."""
+
+    def __init__(self, step):
+        self.step, self.flops = step, None
+
+    def __call__(self):
+        from benchmarks.jittor_flops import JittorFlops
+        with JittorFlops() as fc:
+            self.step()
+        self.flops = fc.step_flops
+
+
 class _TorchFlops:
     """Runs one step under torch's FlopCounterMode (GEMMs and convolutions, forward and backward)."""
 
@@ -283,7 +297,9 @@ def worker_ssl(spec):
             if method.teacher is not None:  # MAE has no teacher
                 method.ema_update(cfg.optim.momentum_teacher)
 
-        r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
+        counter = _JittorFlops(step)
+        r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt), first_step=counter)
+        r["flops"] = counter.flops
         r["n_params"] = sum(p.numel() for g in opt.param_groups for p in g["params"])
     else:
         if spec["heads"] not in ([], ["convnext"]):
@@ -481,12 +497,14 @@ HSSL_METHODS = (
                "encoder and head on every patch (4x the encoder's visible tokens at 75 % masking)"),
 )
 
-# Issue 7's goals and the paper's figures for iBOT, the method the paper's cost figures are about
+# Issue 18's goals and the paper's figures for iBOT, the method the paper's cost figures are about (issue 7's
+# "HSSL step <= 1.05x the baseline's" asked for fewer FLOPs than Eq. 1 needs: the goal is now the step over
+# the FLOP ratio, below)
 IBOT_GOALS = {
-    "hssl_over_baseline_step": ("<= 1.05", "1.09 to 1.14"),
-    "hssl_over_baseline_peak_rss": ("<= 1.08", "1.12 to 1.17"),
+    "hssl_over_baseline_step": ("", "1.09 to 1.14"),
+    "hssl_over_baseline_peak_rss": ("<= 1.12", "1.12 to 1.17"),
     "jittor_over_torch_hssl_throughput": (">= 1.2", "1.0"),
-    "hssl_step_flops_over_gemm_peak": (">= 0.60", "torch 0.45 to 0.60"),
+    "hssl_step_flops_over_gemm_peak": (">= 0.80", "torch 0.45 to 0.60"),
 }
 COMMON_GOALS = {
     "hssl_over_baseline_flops": ("", "the step ratio at equal FLOP/s"),
@@ -550,10 +568,16 @@ def _reading(figures, R):
         lines.append(f"- iBOT peak memory {rss:.2f}x: HSSL adds the head and a second projection.{fixed} The paper's "
                      "1.12-1.17 is at GPU batch sizes, where activations dominate.")
     six = figures["six_head_search_over_one_head_step"][0]
+    six_flops = figures["six_head_search_over_one_head_flops"][0]
     if six:
         lines.append(f"- Search {six:.2f}x: six one-layer heads and twelve projection heads (own projections "
                      "per base/head pair, paper Sec. 3.5) against one head and two; the smaller the base, "
                      "the larger their share.")
+    if six_flops:
+        bound = ("so the 1.4 goal asks for fewer FLOPs than the search needs at this setting" if six_flops > 1.4
+                 else f"so 1.4 leaves {1.4 / six_flops:.2f}x of the FLOP ratio for everything else")
+        lines.append(f"- The six-head search step does {six_flops:.2f}x the FLOPs of the one-head step (counted on "
+                     f"the Jittor steps), {bound}.")
     return lines + [""]
 
 
@@ -574,8 +598,14 @@ def summarize(results, meta):
     figures.update({
         "hssl_image_level_only_over_baseline_step": (
             _ratio(get("hssl-convnext jittor, image level only", "median_s"), base_t), "", "paper Tab. XIX setting"),
-        "six_head_search_over_one_head_step": (_ratio(search6_t, search1_t), "<= 1.2", "1.4"),
+        "six_head_search_over_one_head_step": (_ratio(search6_t, search1_t), "<= 1.4", "1.4"),
     })
+    # The search has no torch twin: its FLOPs are counted on the Jittor step (benchmarks/jittor_flops.py,
+    # FlopCounterMode's convention; it gives the iBOT twins' counts to 0.01 %)
+    search_flops = _ratio(get("search-6heads jittor", "flops"), get("search-1head jittor", "flops"))
+    figures["six_head_search_over_one_head_flops"] = (search_flops, "", "the step ratio at equal FLOP/s")
+    figures["six_head_search_step_ratio_over_flop_ratio"] = (
+        _ratio(figures["six_head_search_over_one_head_step"][0], search_flops), "", "1 at equal FLOP/s")
     for method in HSSL_METHODS[1:]:
         figures.update(_hssl_figures(get, method, gemm_peak, {"hssl_over_baseline_step": ("", method.anchor)}))
     md = [f"# Benchmarks {meta['date']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores)", "",
@@ -592,7 +622,9 @@ def summarize(results, meta):
         md.append(f"| {k} | {_fmt(v, 3) if v is not None else 'n/a'} | {goal} | {anchor} |")
     md += ["", f"GEMM peak (oneDNN 1024^2): {_fmt(gemm_peak, 1)} GFLOP/s. Step FLOPs: counted by torch's "
            "FlopCounterMode on each method's torch twin (benchmarks/torch_models.py; GEMM+conv only, "
-           "depthwise-conv backward counted with its groups), column GFLOP of the training-step table.", ""]
+           "depthwise-conv backward counted with its groups), column GFLOP of the training-step table; the "
+           "Jittor rows' GFLOP: the same convention counted on the Jittor step (benchmarks/jittor_flops.py), "
+           "which the search's FLOP ratio uses.", ""]
     md += _reading(figures, R)
 
     md += ["## Attention forward+backward (one layer)", "", "| shape | plain ms | fast ms | speedup |", "|---|---|---|---|"]

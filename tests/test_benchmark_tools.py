@@ -165,3 +165,98 @@ def test_ssl_worker_counts_the_flops_of_a_torch_twin_step(method):
     base, hssl = worker_ssl(dict(spec, heads=[])), worker_ssl(dict(spec, heads=["convnext"]))
     assert "error" not in base and "error" not in hssl, (base, hssl)
     assert hssl["flops"] > base["flops"] > 0  # the head's work is counted
+
+
+def test_jittor_flops_equal_flopcountermode_on_the_same_vit():
+    torch = require("torch")
+    import jhssl  # noqa: F401  (bootstrap before jittor)
+    import jittor as jt
+
+    import models
+    import models.vit  # noqa: F401  (registers the ViTs)
+    from benchmarks.jittor_flops import JittorFlops
+    from benchmarks.run import _TorchFlops
+    from benchmarks.torch_models import ViT
+    with JittorFlops() as counted:
+        out = models.create_model("vit_tiny", patch_size=4, img_size=16).forward_features(jt.randn(2, 3, 16, 16))
+        out["cls"].sqr().mean() + out["patch"].sqr().mean()
+    twin, x = ViT("vit_tiny", 4, 16), torch.randn(2, 3, 16, 16)
+
+    def step():
+        out = twin.forward_features(x)
+        (out["cls"].pow(2).mean() + out["patch"].pow(2).mean()).backward()
+
+    reference = _TorchFlops(step)
+    reference()
+    assert counted.step_flops == reference.flops > 0
+
+
+def test_jittor_flops_count_each_product_once_with_the_backward_it_needs():
+    import jhssl  # noqa: F401
+    import jittor as jt
+    from jittor import nn
+
+    from benchmarks.jittor_flops import JittorFlops
+    from models import perf
+    from models.layers import attention
+    from models.layers.patch_embed import PatchEmbed
+    original_mm = nn.matmul_transpose
+    with JittorFlops() as fc:
+        nn.Linear(7, 3)(jt.randn(5, 7))
+    assert (fc.forward, fc.backward) == (2 * 5 * 7 * 3, 2 * 2 * 5 * 7 * 3)  # input and weight gradients
+    with JittorFlops() as fc, jt.no_grad():  # the teacher: no backward
+        nn.Conv2d(8, 8, 3, padding=1, groups=4, bias=False)(jt.randn(2, 8, 5, 5))
+    assert (fc.forward, fc.backward) == (2 * (2 * 8 * 5 * 5) * (8 // 4) * 3 * 3, 0)
+    with perf.fast_kernels(False), JittorFlops() as fc:  # _bmm3 falls back to jt.matmul: counted once
+        attention._bmm3(jt.randn(3, 4, 6), jt.randn(3, 5, 6), trans_b=True)
+    assert fc.forward == 2 * 3 * 4 * 5 * 6
+    embed = PatchEmbed(img_size=8, patch_size=4, in_chans=3, embed_dim=6)
+    patch_flops = 2 * (2 * 4) * 6 * (3 * 4 * 4)  # 2 images x 4 patches, 48 values each, 6 outputs
+    with JittorFlops() as fc:
+        embed(jt.randn(2, 3, 8, 8))
+    assert (fc.forward, fc.backward) == (patch_flops, patch_flops)  # no gradient of the pixels
+    for p in embed.parameters():
+        p.stop_grad()  # MoCo v3's frozen patch embedding
+    with JittorFlops() as fc:
+        embed(jt.randn(2, 3, 8, 8))
+    assert (fc.forward, fc.backward) == (patch_flops, 0)
+    assert nn.matmul_transpose is original_mm and attention._bmm3.__name__ == "_bmm3"  # unpatched on exit
+
+
+@pytest.mark.slow  # six small training steps: ~1 min
+def test_jittor_step_flops_equal_the_torch_twins_and_the_search_counts_every_head():
+    require("torch")
+    from benchmarks.run import worker_ssl
+    spec = dict(kind="ssl", method="ibot", arch="vit_tiny", patch=4, local=16, n_local=2, batch=2, warmup=1,
+                iters=1, fast=True, masked=True, depth=3)  # the twin's head is 3 blocks deep
+    spec["global"] = 32
+    for heads in ([], ["convnext"]):
+        jittor, twin = (worker_ssl(dict(spec, framework=f, heads=heads)) for f in ("jittor", "torch"))
+        assert jittor["flops"] == pytest.approx(twin["flops"], rel=1e-3), heads
+    search = dict(spec, framework="jittor", search=True, patch_level="none", depth=1)
+    one, six = (worker_ssl(dict(search, heads=h))["flops"]
+                for h in (["convnext"], ["convnext", "poolformer", "resmlp", "resnet", "swin", "vit"]))
+    assert six > 1.2 * one > 0
+
+
+def test_step_flops_takes_the_search_step_ratio_from_the_newest_report_of_its_setting(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.step_flops as step_flops
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+
+    def report(name, date, quick, one, six):
+        rows = [{"label": "search-1head jittor", "result": {"median_s": one}}]
+        rows += [{"label": "search-6heads jittor", "result": {"median_s": six}}] if six else []
+        (results / name).write_text(json.dumps({"meta": {"date": date, "quick": quick}, "results": rows}))
+
+    report("a.json", "2026-11-23", True, 1.0, 2.0)
+    report("b.json", "2026-11-29", True, 1.0, None)  # newer, but without the six-head row
+    report("c.json", "2026-11-24", False, 2.0, 3.0)
+    (results / "other.json").write_text("[1, 2]")  # a results file of another tool
+    monkeypatch.setattr(step_flops, "ROOT", str(tmp_path))
+    assert step_flops.newest_report(True) == ("benchmarks/results/a.json", 2.0)
+    assert step_flops.newest_report(False) == ("benchmarks/results/c.json", 1.5)
+    report("d.json", "2026-11-30", False, 1.0, 1.25)
+    assert step_flops.newest_report(False) == ("benchmarks/results/d.json", 1.25)
