@@ -120,6 +120,13 @@ def machine_info(probe_libraries: bool = True) -> dict:
     return info
 
 
+def training_machine() -> dict:
+    """:func:`machine_info` plus what decides a training result's figures: Jittor's version and device."""
+    import jhssl  # noqa: F401  (bootstrap before jittor)
+    import jittor as jt
+    return {**machine_info(), "jittor": jt.__version__, "device": "cuda" if jt.flags.use_cuda else "cpu"}
+
+
 def machine_line(info: dict) -> str:
     """One line for a results file: what decides a CPU figure."""
     # '?' for a fact a report written before it was recorded lacks (--render of an old report)

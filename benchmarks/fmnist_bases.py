@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 import jhssl  # noqa: E402,F401
 from jhssl.fileio import atomic_write_text  # noqa: E402
 from benchmarks.common import machine_line  # noqa: E402
-from benchmarks.fmnist_hssl_vs_baseline import _machine  # noqa: E402
+from benchmarks.common import training_machine  # noqa: E402
 from benchmarks.fmnist_seeds import finished_result  # noqa: E402
 
 STRIDE32 = ["data.global_crop_size=64", "data.local_crop_size=32"]
@@ -109,7 +109,7 @@ def write_report(args, argv, rows, planned):
     report = {"command": ("python benchmarks/fmnist_bases.py " + argv_txt).strip(),
               "config": os.path.relpath(args.config, ROOT), "seed": cfg.seed,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": _machine(), "rows": rows, "runs_done": len(rows), "runs_planned": planned,
+              "machine": training_machine(), "rows": rows, "runs_done": len(rows), "runs_planned": planned,
               "budget": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "data.subset": cfg.data.subset,
                          "eval.train_subset": cfg.eval.train_subset, "eval.val_subset": cfg.eval.val_subset}}
     os.makedirs(args.out, exist_ok=True)

@@ -24,12 +24,7 @@ sys.path.insert(0, ROOT)
 
 import jhssl  # noqa: E402,F401
 from jhssl.fileio import atomic_write_text  # noqa: E402
-from benchmarks.common import machine_info  # noqa: E402
-
-
-def _machine():
-    import jittor as jt
-    return {**machine_info(), "jittor": jt.__version__, "device": "cuda" if jt.flags.use_cuda else "cpu"}
+from benchmarks.common import training_machine  # noqa: E402
 
 
 def _logged_seconds(output_dir):
@@ -79,7 +74,7 @@ def main(argv=None):
     command = "python benchmarks/fmnist_hssl_vs_baseline.py " + argv_txt
     report = {"command": command.strip(), "config": os.path.relpath(args.config, ROOT), "seed": cfg.seed,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": _machine(), "results": results, "hssl_minus_baseline_top1": gaps,
+              "machine": training_machine(), "results": results, "hssl_minus_baseline_top1": gaps,
               "budget": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "data.subset": cfg.data.subset,
                          "eval.train_subset": cfg.eval.train_subset, "eval.val_subset": cfg.eval.val_subset}}
     os.makedirs(args.out, exist_ok=True)

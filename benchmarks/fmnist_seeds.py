@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 
 import jhssl  # noqa: E402,F401
 from jhssl.fileio import atomic_write_text  # noqa: E402
-from benchmarks.common import format_mean_std, machine_info, mean_std  # noqa: E402
+from benchmarks.common import format_mean_std, mean_std, training_machine  # noqa: E402
 
 HEADS = ("convnext", "resnet", "resmlp", "poolformer", "vit", "swin")
 
@@ -131,13 +131,10 @@ def report(args, runs, command, cfg):
         if len(pts) >= 3:
             r, p = spearman([d for _, d, _ in pts], [g for _, _, g in pts])
             corr = {"heads": [h for h, _, _ in pts], "spearman_rho": r, "permutation_p": p}
-    m = {**machine_info()}
-    import jittor as jt
-    m["jittor"] = jt.__version__
     out = {"command": command, "config": os.path.relpath(args.config, ROOT),
            "baseline_config": os.path.relpath(args.baseline_config, ROOT), "seeds": args.seeds,
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": m, "budget": {"epochs": cfg.epochs, "batch_size": cfg.batch_size,
+           "machine": training_machine(), "budget": {"epochs": cfg.epochs, "batch_size": cfg.batch_size,
                                     "data.subset": cfg.data.subset, "eval.train_subset": cfg.eval.train_subset,
                                     "eval.val_subset": cfg.eval.val_subset},
            "runs_missing": [f"{a}:{s}" for a in arms for s in args.seeds if not runs.get((a, s))],
@@ -153,8 +150,8 @@ def report(args, runs, command, cfg):
           f"Command: `{command}`", "",
           f"Configs: `{out['config']}` (HSSL, `hssl.heads` set per arm) and `{out['baseline_config']}` "
           f"(`hssl: null`). {out['date']}.", "",
-          f"Machine: {m['cpu']} ({m['cores']} CPUs), Jittor {m['jittor']}, load average at the end "
-          f"{m['loadavg'][0]}.", "",
+          f"Machine: {out['machine']['cpu']} ({out['machine']['cores']} CPUs), Jittor {out['machine']['jittor']}, "
+          f"load average at the end {out['machine']['loadavg'][0]}.", "",
           f"Budget per run: {cfg.epochs} epochs, batch {cfg.batch_size}, data.subset {cfg.data.subset}; "
           f"k-NN (k=20, T={cfg.eval.knn_t}) of the {evaluated} base CLS, {cfg.eval.train_subset:g} of the train split "
           f"vs {cfg.eval.val_subset:g} of the test split (subsets drawn by seed: the arms of one seed share them). "

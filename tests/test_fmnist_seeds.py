@@ -53,7 +53,7 @@ def _write_run(run_dir, untrained, final, loss_first, loss_last):
 def test_bases_table_reuses_finished_runs_and_reports_each_bases_gain(tmp_path, monkeypatch):
     import benchmarks.fmnist_bases as fb
     import jhssl.train
-    monkeypatch.setattr(fb, "_machine", lambda: {"device": "cpu", "jittor": "x"})
+    monkeypatch.setattr(fb, "training_machine", lambda: {"device": "cpu", "jittor": "x"})
     monkeypatch.setattr(fb, "machine_line", lambda m: "machine")
     monkeypatch.setattr(jhssl.train, "train", lambda *a, **k: pytest.fail("--resume must not train a finished run"))
     work, out = tmp_path / "work", tmp_path / "out"
