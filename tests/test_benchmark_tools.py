@@ -260,3 +260,14 @@ def test_step_flops_takes_the_search_step_ratio_from_the_newest_report_of_its_se
     assert step_flops.newest_report(False) == ("benchmarks/results/c.json", 1.5)
     report("d.json", "2026-11-30", False, 1.0, 1.25)
     assert step_flops.newest_report(False) == ("benchmarks/results/d.json", 1.25)
+
+
+def test_search_batch_pairs_the_two_rows_of_each_round():
+    from benchmarks.search_batch import summarize
+    measured = {8: {"times": {1: [1.0, 2.0], 6: [2.0, 3.0]}, "flops": {1: 10.0, 6: 15.0}, "params": {1: 5, 6: 50}},
+                32: {"times": {1: [4.0], 6: [6.0]}, "flops": {1: 40.0, 6: 60.0}, "params": {1: 5, 6: 50}}}
+    rows = summarize(measured)
+    assert rows[8]["step_ratio_per_round"] == [2.0, 1.5]  # each round's six-head time over its own one-head time
+    assert rows[8]["step_ratio_mean"] == pytest.approx(1.75) and rows[8]["step_ratio_std"] == pytest.approx(0.3536, 1e-3)
+    assert rows[8]["flop_ratio"] == 1.5 and rows[8]["step_over_flop_ratio"] == pytest.approx(1.75 / 1.5)
+    assert rows[32]["step_ratio_std"] is None and rows[32]["step_over_flop_ratio"] == pytest.approx(1.0)
