@@ -151,33 +151,37 @@ def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padd
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
-class _JittorFlops:
-    """Runs one Jittor step under ``benchmarks.jittor_flops.JittorFlops`` (the FlopCounterMode count, for
-    steps without a torch twin: the six-head search)."""
+class _FlopCountedStep:
+    """Runs one step under a FLOP counter and keeps its count in ``flops`` (``_time_steps``' first step)."""
 
     def __init__(self, step):
         self.step, self.flops = step, None
 
     def __call__(self):
+        self.flops = self._count()
+
+
+class _JittorFlops(_FlopCountedStep):
+    """``benchmarks.jittor_flops.JittorFlops``: FlopCounterMode's count on a Jittor step (for the steps
+    without a torch twin: the six-head search)."""
+
+    def _count(self):
         from benchmarks.jittor_flops import JittorFlops
         with JittorFlops() as fc:
             self.step()
-        self.flops = fc.step_flops
+        return fc.step_flops
 
 
-class _TorchFlops:
-    """Runs one step under torch's FlopCounterMode (GEMMs and convolutions, forward and backward)."""
+class _TorchFlops(_FlopCountedStep):
+    """torch's FlopCounterMode (GEMMs and convolutions, forward and backward)."""
 
-    def __init__(self, step):
-        self.step, self.flops = step, None
-
-    def __call__(self):
+    def _count(self):
         import torch
         from torch.utils.flop_counter import FlopCounterMode
         with FlopCounterMode(display=False, custom_mapping={
                 torch.ops.aten.convolution_backward: _conv_backward_flops}) as fc:
             self.step()
-        self.flops = fc.get_total_flops()
+        return fc.get_total_flops()
 
 
 def worker_vit(spec):
@@ -575,7 +579,7 @@ def _reading(figures, R):
                      "the larger their share.")
     if six_flops:
         bound = ("so the 1.4 goal asks for fewer FLOPs than the search needs at this setting" if six_flops > 1.4
-                 else f"so 1.4 leaves {1.4 / six_flops:.2f}x of the FLOP ratio for everything else")
+                 else f"so 1.4 leaves {1.4 / six_flops:.2f}x over the FLOP ratio for everything else")
         lines.append(f"- The six-head search step does {six_flops:.2f}x the FLOPs of the one-head step (counted on "
                      f"the Jittor steps), {bound}.")
     return lines + [""]

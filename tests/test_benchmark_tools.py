@@ -271,3 +271,18 @@ def test_search_batch_pairs_the_two_rows_of_each_round():
     assert rows[8]["step_ratio_mean"] == pytest.approx(1.75) and rows[8]["step_ratio_std"] == pytest.approx(0.3536, 1e-3)
     assert rows[8]["flop_ratio"] == 1.5 and rows[8]["step_over_flop_ratio"] == pytest.approx(1.75 / 1.5)
     assert rows[32]["step_ratio_std"] is None and rows[32]["step_over_flop_ratio"] == pytest.approx(1.0)
+
+
+def test_summarize_gives_the_search_its_flop_ratio_and_says_when_the_goal_is_below_it(monkeypatch):
+    import benchmarks.run as run
+    monkeypatch.setattr(run, "machine_line", lambda m: "machine")
+    rows = [_row("search-1head jittor", median_s=1.0, flops=10e9), _row("search-6heads jittor", median_s=2.0, flops=15e9)]
+    figures, md = run.summarize(rows, _META)
+    assert figures["six_head_search_over_one_head_step"] == 2.0
+    assert figures["six_head_search_over_one_head_flops"] == 1.5  # counted FLOPs, not times
+    assert figures["six_head_search_step_ratio_over_flop_ratio"] == pytest.approx(2.0 / 1.5)
+    assert "1.4 goal asks for fewer FLOPs than the search needs" in md
+    rows[1]["result"]["flops"] = 12e9
+    figures, md = run.summarize(rows, _META)
+    assert figures["six_head_search_over_one_head_flops"] == pytest.approx(1.2)
+    assert "1.4 leaves 1.17x over the FLOP ratio for everything else" in md
