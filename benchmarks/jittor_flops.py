@@ -7,8 +7,9 @@ the Jittor code itself.
 What is counted (as FlopCounterMode): matrix products and convolutions, 2 FLOPs per multiply-add, nothing
 else (no elementwise work, no softmax, no norms). The Python entry points every model in this repository
 reaches them through are wrapped while the counter is active: ``jittor.nn.matmul_transpose`` (``nn.Linear``,
-the patch embedding, the weight-normed prototype layer), ``jt.matmul``, the attention products
-(``models.layers.attention._bmm3``) and ``nn.Conv.execute``; a product made inside another counted call
+the patch embedding, the weight-normed prototype layer), ``models.layers.linear.linear`` (``nn.Linear`` under
+the CPU's bf16 autocast), ``jt.matmul``, the attention products (``models.layers.attention._bmm3``),
+``nn.Conv.execute`` and the channels-last depthwise conv (``models.layers.dwconv.depthwise_conv_nhwc``); a product made inside another counted call
 (e.g. the plain-Jittor fallback of ``_bmm3``) is counted once.
 
 Forward passes are counted as they run; the backward pass is added for each product as FlopCounterMode
@@ -86,7 +87,7 @@ class JittorFlops:
         import jittor as jt
         from jittor import nn
 
-        from models.layers import attention, patch_embed
+        from models.layers import attention, dwconv, linear, patch_embed
 
         def by_inner_dim(out, a, b, *rest, **kw):  # (.., K) x (K, N) or (.., K) x (N, K)^T
             return 2 * math.prod(out.shape) * a.shape[-1]
@@ -103,7 +104,9 @@ class JittorFlops:
         self._wrap(nn, "matmul", by_inner_dim)
         self._wrap(jt, "matmul", by_inner_dim)  # the same function under a second name: both are called
         self._wrap(attention, "_bmm3", bmm3)
+        self._wrap(linear, "linear", by_inner_dim)  # the CPU bf16 path (jhssl.amp) calls its kernel directly
         self._wrap(nn.Conv, "execute", conv)
+        self._wrap(dwconv, "depthwise_conv_nhwc", lambda out, x, module: conv(out, module, x))
         self._wrap_pixel_input(patch_embed.PatchEmbed, "execute")
         return self
 

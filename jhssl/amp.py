@@ -23,19 +23,31 @@ The design is torch.autocast's, applied to Jittor:
   divided by S before clipping, a step whose gradients hold inf/NaN is skipped and S halves;
   after ``growth_interval`` clean steps S doubles (torch.cuda.amp.GradScaler's rule).
 
-``train`` builds a :class:`Precision` from ``cfg.amp`` / ``cfg.amp_dtype`` and the device; on the
-CPU it is off (Jittor's CPU path runs bf16/fp16 kernels but slower than fp32), tests build one
-directly.
+* **CPU** (``amp: true`` on a CPU with native bf16, AVX512_BF16 or AMX): Jittor's own CPU kernels
+  for bf16 Vars are slower than fp32, so nothing changes dtype. Instead ``nn.Linear`` products
+  and the attention products round their operands to bf16 inside oneDNN's GEMM and accumulate
+  in fp32 (:mod:`models.layers.linear`, :func:`models.perf.bf16_products`): the products run at
+  about twice fp32's rate and every Var, LayerNorm and softmax stays fp32. Convolutions and the
+  prototype layer stay fp32 (as on the GPU). ``amp_dtype: float16`` on a CPU is an error; a CPU
+  without bf16 instructions trains in fp32 and says so.
+
+``train`` builds a :class:`Precision` from ``cfg.amp`` / ``cfg.amp_dtype`` and the device; tests
+build one directly.
 """
 from jhssl import bootstrap  # noqa: F401
 
 import contextlib
+import warnings
 
 import jittor as jt
 from jittor import nn
 
+from models import perf as model_perf
+from models.layers import linear as model_linear
+
 LOW = ("bfloat16", "float16")
-_ACTIVE = {"dtype": None}  # compute dtype while an autocast is on (graph-building time)
+# compute dtype while an autocast is on (graph-building time); cpu: bf16 products in fp32 Vars
+_ACTIVE = {"dtype": None, "cpu": False}
 
 
 # ----------------------------------------------------------------------------- casts
@@ -87,6 +99,10 @@ def _autocast_execute(original):
         dt = _ACTIVE["dtype"]
         if dt is None or not isinstance(x, jt.Var) or not x.dtype.is_float():
             return original(self, x, *args, **kw)
+        if _ACTIVE["cpu"]:  # CPU: fp32 Vars, the product rounds its operands to bf16 in oneDNN
+            if isinstance(self, nn.Linear) and not args and not kw:
+                return model_linear.linear(x, self.weight, self.bias)
+            return original(self, x, *args, **kw)
         saved = {}
         for name in ("weight", "bias"):
             v = self.__dict__.get(name)
@@ -110,20 +126,26 @@ def _install():
 
 
 @contextlib.contextmanager
-def autocast(dtype):
-    """Linear/conv products in ``dtype`` ('bfloat16' | 'float16'; None: no change) while on."""
+def autocast(dtype, cpu=False):
+    """Linear/conv products in ``dtype`` ('bfloat16' | 'float16'; None: no change) while on.
+
+    ``cpu=True`` (bfloat16 only): the CPU mode of the module docstring, fp32 Vars with bf16
+    linear and attention products inside oneDNN."""
     if dtype is None:
         yield
         return
     if dtype not in LOW:
         raise ValueError(f"autocast dtype must be one of {LOW}, got {dtype!r}")
+    if cpu and dtype != "bfloat16":
+        raise ValueError(f"the CPU autocast computes in bfloat16 only, got {dtype!r}")
     _install()
-    previous = _ACTIVE["dtype"]
-    _ACTIVE["dtype"] = dtype
+    previous = dict(_ACTIVE)
+    _ACTIVE.update(dtype=dtype, cpu=bool(cpu))
     try:
-        yield
+        with model_perf.bf16_products(bool(cpu)):
+            yield
     finally:
-        _ACTIVE["dtype"] = previous
+        _ACTIVE.update(previous)
 
 
 # ----------------------------------------------------------------------------- loss scaling
@@ -185,10 +207,34 @@ def gpu_has_bf16() -> bool:
     return bool(archs) and max(int(a) for a in archs) >= 80
 
 
+def cpu_has_bf16() -> bool:
+    """The CPU has native bf16 dot products (AVX512_BF16 or AMX-BF16), which oneDNN dispatches to."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def resolve_dtype(amp, amp_dtype="auto", on_cuda=True, bf16_ok=None):
-    """The compute dtype for ``cfg.amp`` / ``cfg.amp_dtype`` on this device, or None (fp32)."""
-    if not amp or not on_cuda:
+    """The compute dtype for ``cfg.amp`` / ``cfg.amp_dtype`` on this device, or None (fp32).
+
+    On the CPU (``on_cuda=False``) ``bf16_ok`` is the CPU's bf16 support (None: :func:`cpu_has_bf16`)."""
+    if not amp:
         return None
+    if not on_cuda:
+        if amp_dtype not in ("auto", "bfloat16"):
+            raise ValueError(f"amp_dtype={amp_dtype!r} on the CPU: CPU mixed precision is bfloat16 only "
+                             f"(use amp_dtype auto or bfloat16, or amp false)")
+        if not (cpu_has_bf16() if bf16_ok is None else bf16_ok):
+            warnings.warn("amp: this CPU has no bf16 instructions (AVX512_BF16/AMX), training in fp32",
+                          RuntimeWarning, stacklevel=2)
+            return None
+        return "bfloat16"
     if amp_dtype == "auto":
         return "bfloat16" if (gpu_has_bf16() if bf16_ok is None else bf16_ok) else "float16"
     if amp_dtype not in LOW:
@@ -199,18 +245,21 @@ def resolve_dtype(amp, amp_dtype="auto", on_cuda=True, bf16_ok=None):
 class Precision:
     """One run's precision policy: ``autocast()`` for the forward, ``scaler`` for fp16 (else None)."""
 
-    def __init__(self, dtype=None, scaler=None):
+    def __init__(self, dtype=None, scaler=None, cpu=False):
         if dtype is not None and dtype not in LOW:
             raise ValueError(f"Precision dtype must be None or one of {LOW}, got {dtype!r}")
+        if cpu and dtype not in (None, "bfloat16"):
+            raise ValueError(f"CPU mixed precision is bfloat16 only, got {dtype!r}")
         self.dtype = dtype
+        self.cpu = bool(cpu) and dtype is not None
         self.scaler = scaler if scaler is not None else (LossScaler() if dtype == "float16" else None)
 
     @classmethod
     def from_config(cls, cfg, on_cuda):
-        return cls(resolve_dtype(cfg.amp, getattr(cfg, "amp_dtype", "auto"), on_cuda))
+        return cls(resolve_dtype(cfg.amp, getattr(cfg, "amp_dtype", "auto"), on_cuda), cpu=not on_cuda)
 
     def autocast(self):
-        return autocast(self.dtype)
+        return autocast(self.dtype, cpu=self.cpu)
 
     def attach(self, optimizer):
         """Give ``optimizer`` (jhssl.optim.AdamW) the loss scaler; returns the optimizer."""
@@ -220,4 +269,6 @@ class Precision:
     def describe(self) -> str:
         if self.dtype is None:
             return "fp32"
+        if self.cpu:
+            return "bf16 linear/attention products in oneDNN, fp32 elsewhere"
         return self.dtype + (" + dynamic loss scaling" if self.scaler is not None else "") + ", fp32 master weights"

@@ -153,7 +153,7 @@ SCHEMA: dict = {
                 doc="'auto' (latest checkpoint in output_dir), a checkpoint path, or null/'none'"),
     "log_freq": F(10, check=_positive),            # iterations between JSON log lines
     "eval_every": F(0, check=_non_negative),       # k-NN every N epochs (0: only at the end)
-    "amp": False,                                  # mixed precision on GPU (jhssl.amp; fp32 master weights)
+    "amp": False,                                  # mixed precision (jhssl.amp; fp32 master weights): GPU autocast, CPU bf16 GEMMs
     "amp_dtype": F("auto", choices=("auto", "bfloat16", "float16")),  # auto: bf16 on compute capability >= 8
     "grad_accum": F(1, check=_positive),
     "device": F("auto", choices=("auto", "cpu", "cuda")),

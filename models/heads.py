@@ -54,6 +54,8 @@ from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
+from .layers.activation import gelu
+from .layers import dwconv as depthwise
 from .layers.mlp import Mlp
 from .layers.residual import Affine, BatchNorm2d, CrossPatchLinear, DropPath, to_2tuple
 from .resmlp import ChannelMlp
@@ -139,10 +141,10 @@ class ConvNextHeadBlock(HeadBlock):
 
     def mixer(self, x):
         if self.structure != "mlp":
-            x = _nhwc(self.dwconv(_nchw(x)))
+            x = depthwise.depthwise_conv_nhwc(x, self.dwconv)  # fused CPU kernel; = _nhwc(self.dwconv(_nchw(x)))
         if self.structure == "token_mixer":
             return x
-        return self.pwconv2(nn.gelu(self.pwconv1(self.norm(x))))
+        return self.pwconv2(gelu(self.pwconv1(self.norm(x))))
 
 
 class ResNetHeadBlock(HeadBlock):

@@ -4,6 +4,11 @@
   batched GEMM on the GPU, the fused softmax and LayerNorm, the one-pass AdamW update on the CPU).
   On by default; environment ``JHSSL_FAST_KERNELS=0`` turns it off, to compare against the plain
   Jittor path or to rule the kernels out while debugging.
+* ``bf16_products``: linear layers and attention products round their operands to bfloat16 inside
+  oneDNN's GEMM (fp32 accumulation and result; every Var stays float32). The CPU side of mixed
+  precision (``jhssl.amp``, ``amp: true``), worth it where the CPU has native bf16 instructions
+  (AVX512_BF16 / AMX: about twice fp32's GEMM rate). Off by default; needs the fast kernels (without
+  them the products stay fp32). Set by ``jhssl.amp.autocast``; no environment variable.
 
 In code: ``set_fast_kernels(False)``, or temporarily ``with fast_kernels(False): ...``.
 The environment variable is read once, at first use. A switch is read when a graph is built (each
@@ -19,12 +24,14 @@ _FALSE = ("0", "false", "off", "no")
 class Switch:
     """One on/off setting: environment default, a setter and a context manager."""
 
-    def __init__(self, env):
+    def __init__(self, env, default=True):
         self.env, self.value = env, None  # None: not decided yet, read the environment
+        self.default = default
 
     def enabled(self) -> bool:
         if self.value is None:
-            self.value = os.environ.get(self.env, "1").strip().lower() not in _FALSE
+            raw = os.environ.get(self.env) if self.env else None
+            self.value = self.default if raw is None else raw.strip().lower() not in _FALSE
         return self.value
 
     def set(self, enabled: bool, name: str) -> None:
@@ -58,3 +65,16 @@ def set_fast_kernels(enabled: bool) -> None:
 def fast_kernels(enabled: bool):
     """Context manager: run a block with the fast kernels on or off."""
     return _FAST_KERNELS.scoped(enabled, "fast_kernels")
+
+
+_BF16_PRODUCTS = Switch(None, default=False)
+
+
+def bf16_products_enabled() -> bool:
+    """True when linear layers and attention products run in bf16 inside oneDNN (CPU, fast kernels)."""
+    return _BF16_PRODUCTS.enabled() and fast_kernels_enabled()
+
+
+def bf16_products(enabled: bool):
+    """Context manager: build the graphs of a block with bf16 products on or off."""
+    return _BF16_PRODUCTS.scoped(enabled, "bf16_products")

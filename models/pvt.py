@@ -15,6 +15,7 @@ from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
+from .layers.activation import gelu
 from .layers.attention import scaled_dot_product_attention
 from .layers.residual import DropPath, check_image
 from .registry import register_model
@@ -83,7 +84,7 @@ class DWConvMlp(nn.Module):
 
     def execute(self, x, grid):
         x = _to_tokens(self.dwconv(_to_map(self.fc1(x), grid)))
-        return self.fc2(nn.gelu(x))
+        return self.fc2(gelu(x))
 
 
 class PVTBlock(nn.Module):

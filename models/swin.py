@@ -182,7 +182,7 @@ class SwinTransformerBlock(nn.Module):
         self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias)
         self.norm2 = LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
     def window_and_shift(self, H: int, W: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:

@@ -60,7 +60,7 @@ class Block(nn.Module):
         self.norm1 = LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.norm2 = LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, act=nn.GELU)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
 
     def _dp(self, x):

@@ -215,7 +215,13 @@ def test_bf16_ibot_hssl_step_on_vit_with_convnext_head():
 
 def test_precision_policy():
     assert amp.resolve_dtype(False, "auto", True, bf16_ok=True) is None
-    assert amp.resolve_dtype(True, "auto", False, bf16_ok=True) is None  # CPU: fp32
+    assert amp.resolve_dtype(False, "auto", False, bf16_ok=True) is None
+    assert amp.resolve_dtype(True, "auto", False, bf16_ok=True) == "bfloat16"  # CPU with AVX512_BF16/AMX
+    assert amp.resolve_dtype(True, "bfloat16", False, bf16_ok=True) == "bfloat16"
+    with pytest.warns(RuntimeWarning, match="no bf16 instructions"):
+        assert amp.resolve_dtype(True, "auto", False, bf16_ok=False) is None  # CPU without: fp32, said
+    with pytest.raises(ValueError, match="CPU mixed precision is bfloat16 only"):
+        amp.resolve_dtype(True, "float16", False, bf16_ok=True)
     assert amp.resolve_dtype(True, "auto", True, bf16_ok=True) == "bfloat16"  # Ampere/Hopper
     assert amp.resolve_dtype(True, "auto", True, bf16_ok=False) == "float16"  # Volta/Turing
     assert amp.resolve_dtype(True, "float16", True, bf16_ok=True) == "float16"
@@ -223,3 +229,78 @@ def test_precision_policy():
     with pytest.raises(ValueError, match="autocast dtype"):
         with amp.autocast("float8"):
             pass
+
+
+
+# ----------------------------------------------------------------------------- the CPU mode
+def _cpu_bf16_ready():
+    from models.layers import kernels
+    return kernels.cpu_ops() is not None
+
+
+needs_cpu_kernels = pytest.mark.skipif(jt.flags.use_cuda or jt.compile_extern.mkl_ops is None,
+                                       reason="the CPU bf16 products need Jittor's oneDNN")
+
+
+@needs_cpu_kernels
+def test_cpu_autocast_keeps_fp32_vars_and_rounds_only_the_products():
+    assert _cpu_bf16_ready()
+    from models.layers.linear import linear
+    from models import perf as model_perf
+    lin = nn.Linear(48, 20)
+    x = jt.array(np.random.default_rng(2).standard_normal((6, 48)).astype(np.float32))
+    ref = lin(x).numpy()
+    with amp.autocast("bfloat16", cpu=True):
+        assert model_perf.bf16_products_enabled()
+        y = lin(x)
+        with model_perf.bf16_products(True):
+            direct = linear(x, lin.weight, lin.bias)
+    assert not model_perf.bf16_products_enabled()
+    assert str(y.dtype) == "float32"  # no bf16 Var anywhere: Jittor's CPU bf16 kernels are slow
+    np.testing.assert_array_equal(y.numpy(), direct.numpy())
+    err = np.abs(y.numpy() - ref).max()
+    assert 0 < err < 3e-2 * np.abs(ref).max()
+    gw, = jt.grad(y.sum(), [lin.weight])
+    assert str(gw.dtype) == "float32"
+    np.testing.assert_array_equal(lin(x).numpy(), ref)  # off again after the block
+    with pytest.raises(ValueError, match="bfloat16 only"):
+        with amp.autocast("float16", cpu=True):
+            pass
+
+
+@needs_cpu_kernels
+def test_precision_from_config_on_the_cpu():
+    cfg = tiny_config(extra=["amp=true"])
+    p = amp.Precision.from_config(cfg, on_cuda=False)
+    if amp.cpu_has_bf16():
+        assert p.dtype == "bfloat16" and p.cpu and p.scaler is None
+        assert "oneDNN" in p.describe()
+    else:
+        assert p.dtype is None and p.describe() == "fp32"
+    assert amp.Precision.from_config(tiny_config(), on_cuda=False).dtype is None  # amp: false (default)
+
+
+@needs_cpu_kernels
+@pytest.mark.slow
+def test_cpu_bf16_ibot_hssl_step_on_vit_with_convnext_head():
+    """The iBOT+HSSL loss and gradients under the CPU autocast: close to fp32, fp32 and finite."""
+    from jhssl.methods.selfdistill import build_model
+    cfg = tiny_config(extra=["hssl.heads=[convnext]"])
+    jt.set_global_seed(0)
+    method = build_model(cfg)
+    rng = np.random.default_rng(0)
+    crops = [jt.array(rng.standard_normal((2, 3, 16, 16)).astype(np.float32)) for _ in range(2)] + \
+        [jt.array(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))]
+    masks = [jt.array(rng.random((2, 4, 4)) < 0.3) for _ in range(2)]
+    params = [p for p in method.student.parameters() if not p.is_stop_grad()]
+    ref = method.compute_loss(crops, masks, 0)
+    ref_loss, ref_grads = ref["loss"].item(), [g.numpy() for g in jt.grad(ref["loss"], params)]
+    with amp.autocast("bfloat16", cpu=True):
+        parts = method.compute_loss(crops, masks, 0)
+    loss = parts["loss"].item()
+    assert loss != ref_loss and abs(loss - ref_loss) < 0.02 * abs(ref_loss)
+    grads = [g.numpy() for g in jt.grad(parts["loss"], params)]
+    assert all(g.dtype == np.float32 and np.isfinite(g).all() for g in grads)
+    flat, ref_flat = np.concatenate([g.ravel() for g in grads]), np.concatenate([g.ravel() for g in ref_grads])
+    cos = float(flat @ ref_flat / (np.linalg.norm(flat) * np.linalg.norm(ref_flat)))
+    assert cos > 0.99, cos

@@ -141,6 +141,25 @@ def test_multicrop_shapes_dtypes_and_determinism():
     assert not np.array_equal(views[0], other[0])
 
 
+def test_gray_images_skip_saturation_and_hue_with_identical_views(monkeypatch):
+    """Fashion-MNIST's R = G = B images: skipping saturation and hue (identity on gray) changes no bit
+    of any view, and a colour image is not taken for gray."""
+    from jhssl.data import transforms
+    aug = MultiCropAugmentation(global_crop_size=16, local_crop_size=8, local_crops_number=2)
+    gray = [Image.fromarray(np.repeat(np.random.default_rng(s).integers(0, 256, (24, 24, 1), dtype=np.uint8), 3, 2))
+            for s in range(40)]
+    assert all(transforms.is_gray(im) for im in gray) and not transforms.is_gray(_img(0, 24))
+    fast = [aug(im, np.random.default_rng(i)) for i, im in enumerate(gray)]
+    monkeypatch.setattr(transforms, "is_gray", lambda img: False)  # the full jitter on every image
+    full = [aug(im, np.random.default_rng(i)) for i, im in enumerate(gray)]
+    assert all(np.array_equal(a, b) for fv, uv in zip(fast, full) for a, b in zip(fv, uv))
+    # and the skip is real: on a colour image saturation/hue do change the result
+    colour = _img(3, 24)
+    a = transforms.color_jitter(colour, np.random.default_rng(5))
+    b = transforms.color_jitter(colour, np.random.default_rng(5), gray=True)
+    assert not np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_multicrop_probabilities_per_view():
     aug = MultiCropAugmentation(global_crop_size=16, local_crop_size=8, local_crops_number=2)
     rng = np.random.default_rng(0)

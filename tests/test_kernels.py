@@ -246,3 +246,134 @@ def test_fused_adamw_matches_reference_over_steps():
     assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(states[True][:2], [_randn(7, 5, seed=30), _randn(13, seed=31)]))
     for a, b in zip(states[True], states[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- GELU
+@needs_onednn
+@pytest.mark.parametrize("shape,scale", [((7,), 1.0), ((3, 5000), 3.0), ((2, 17, 64), 8.0)])
+def test_fused_gelu_matches_reference(shape, scale):
+    from models.layers.activation import gelu
+    x = _randn(*shape, seed=21, scale=scale)
+    x.flat[:5] = [0.0, -12.0, 12.0, -3.5, 1e-6][:x.size][:5]  # the tails and zero
+    _compare(gelu, [x])
+
+
+@needs_onednn
+def test_fused_gelu_is_used_by_the_models_and_switch_off_restores_jittor(monkeypatch):
+    from models.layers import activation
+    from models.layers.mlp import Mlp
+    called = []
+    real = kernels.cpu_ops()
+    monkeypatch.setattr(kernels, "cpu_ops", lambda: (called.append(1), real)[1])
+    perf.set_fast_kernels(True)
+    Mlp(8, 16)(jt.array(_randn(2, 8, seed=22))).sync()
+    assert called, "the transformer MLP did not reach the fused GELU"
+    called.clear()
+    perf.set_fast_kernels(False)
+    x = jt.array(_randn(4, 9, seed=23))
+    np.testing.assert_allclose(activation.GELU()(x).numpy(), jt.nn.gelu(x).numpy(), rtol=0, atol=0)
+    assert not called
+
+
+# ----------------------------------------------------------------------------- depthwise conv (NHWC)
+def _dwconv_fn(channels, k, bias=True):
+    from jittor import nn
+    from models.layers.dwconv import depthwise_conv_nhwc
+    conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=bias)
+
+    def fn(x, w, *b):
+        conv.weight = w
+        if b:
+            conv.bias = b[0]
+        return depthwise_conv_nhwc(x, conv)
+    return fn
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,k", [((3, 4, 4, 24), 7), ((2, 2, 2, 16), 7), ((2, 9, 7, 5), 3), ((1, 1, 1, 3), 7)])
+def test_depthwise_conv_nhwc_matches_nn_conv(shape, k):
+    c = shape[-1]
+    _compare(_dwconv_fn(c, k), [_randn(*shape, seed=24), _randn(c, 1, k, k, seed=25, scale=0.2), _randn(c, seed=26)])
+
+
+@needs_onednn
+def test_depthwise_conv_nhwc_uses_the_kernel_only_where_it_applies(monkeypatch):
+    from jittor import nn
+    from models.layers import dwconv
+    real = kernels.cpu_ops()
+    used = []
+    monkeypatch.setattr(kernels, "cpu_ops", lambda: (used.append(1), real)[1])
+    perf.set_fast_kernels(True)
+    x = jt.array(_randn(2, 5, 5, 6, seed=27))
+    for conv in (nn.Conv2d(6, 6, 3, padding=1, groups=3),           # grouped, not depthwise
+                 nn.Conv2d(6, 6, 3, padding=0, groups=6),           # not "same" padding
+                 nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False),
+                 nn.Conv2d(6, 6, 4, padding=2, groups=6)):          # even kernel
+        ref = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        np.testing.assert_allclose(dwconv.depthwise_conv_nhwc(x, conv).numpy(), ref.numpy(), rtol=TOL, atol=TOL)
+    assert not used
+    dwconv.depthwise_conv_nhwc(x, nn.Conv2d(6, 6, 3, padding=1, groups=6)).sync()
+    assert used
+
+
+# ----------------------------------------------------------------------------- bf16 products
+def _bf16(a):
+    """float32 -> bfloat16 -> float32 with round-to-nearest-even (what the op does to its operands)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+@needs_onednn
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_dnnl_bmm_bf16_rounds_operands_and_accumulates_in_fp32(trans_a, trans_b):
+    ops = kernels.cpu_ops()
+    batch, n, m, k = 3, 33, 70, 19
+    a = _randn(batch, *((m, n) if trans_a else (n, m)), seed=31)
+    b = _randn(batch, *((k, m) if trans_b else (m, k)), seed=32)
+    got = ops.dnnl_bmm(jt.array(a), jt.array(b), trans_a, trans_b, True).numpy()
+    la = np.swapaxes(a, 1, 2) if trans_a else a
+    lb = np.swapaxes(b, 1, 2) if trans_b else b
+    emulated = np.matmul(_bf16(la).astype(np.float64), _bf16(lb).astype(np.float64))
+    exact = np.matmul(la.astype(np.float64), lb.astype(np.float64))
+    np.testing.assert_allclose(got, emulated, rtol=1e-5, atol=1e-5)
+    assert np.abs(got - exact).max() > 1e-3  # the operands really were rounded (bf16 keeps 8 bits)
+
+
+@needs_onednn
+def test_bf16_linear_with_bias_forward_and_gradients():
+    from models.layers.linear import linear
+    rng = np.random.default_rng(33)
+    x, w = rng.standard_normal((2, 9, 40)).astype(np.float32), rng.standard_normal((24, 40)).astype(np.float32)
+    b, g = rng.standard_normal(24).astype(np.float32), rng.standard_normal((2, 9, 24)).astype(np.float32)
+    xv, wv, bv = jt.array(x), jt.array(w), jt.array(b)
+    perf.set_fast_kernels(True)
+    with perf.bf16_products(True):
+        y = linear(xv, wv, bv)
+        gx, gw, gb = jt.grad((y * jt.array(g)).sum(), [xv, wv, bv])
+    assert all(str(v.dtype) == "float32" for v in (y, gx, gw, gb))
+    f64 = np.float64
+    x2, g2 = x.reshape(-1, 40), g.reshape(-1, 24)
+    np.testing.assert_allclose(y.numpy().reshape(-1, 24), _bf16(x2).astype(f64) @ _bf16(w).astype(f64).T + b,
+                               rtol=1e-5, atol=1e-5)
+    # the gradient products run in bf16 too (as under torch.autocast); the bias gradient is an fp32 sum
+    np.testing.assert_allclose(gx.numpy().reshape(-1, 40), _bf16(g2).astype(f64) @ _bf16(w).astype(f64),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gw.numpy(), _bf16(g2).astype(f64).T @ _bf16(x2).astype(f64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gb.numpy(), g2.sum(0), rtol=1e-5, atol=1e-5)
+    # off (the default): Jittor's fp32 product, bit for bit
+    y32 = linear(xv, wv, bv)
+    np.testing.assert_array_equal(y32.numpy(), (jt.nn.matmul_transpose(xv, wv) + bv).numpy())
+
+
+@needs_onednn
+def test_bf16_products_need_the_fast_kernels():
+    perf.set_fast_kernels(False)
+    with perf.bf16_products(True):
+        from models import perf as model_perf
+        assert model_perf.bf16_products_enabled() is False
+    perf.set_fast_kernels(True)
+    with perf.bf16_products(True):
+        assert model_perf.bf16_products_enabled() is True
+    assert model_perf.bf16_products_enabled() is False  # off outside the block

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-__all__ = ["random_resized_crop", "color_jitter", "gaussian_blur", "solarize", "to_normalized_array",
+__all__ = ["random_resized_crop", "color_jitter", "is_gray", "gaussian_blur", "solarize", "to_normalized_array",
            "MultiCropAugmentation", "EvalTransform"]
 
 BICUBIC = Image.BICUBIC
@@ -61,8 +61,12 @@ def _adjust_hue(img: Image.Image, factor: float) -> Image.Image:
 
 
 def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, contrast=0.4,
-                 saturation=0.2, hue=0.1) -> Image.Image:
-    """ColorJitter: the four adjustments in a random order, each with a uniform random factor."""
+                 saturation=0.2, hue=0.1, gray=False) -> Image.Image:
+    """ColorJitter: the four adjustments in a random order, each with a uniform random factor.
+
+    ``gray=True`` says every pixel has R = G = B (Fashion-MNIST): saturation blends the image with
+    its own grayscale and the hue shift rotates a hue that has no saturation, so both return the
+    image unchanged (bit for bit, tested) and are skipped; their random draws are still made."""
     b = rng.uniform(max(0.0, 1 - brightness), 1 + brightness)
     c = rng.uniform(max(0.0, 1 - contrast), 1 + contrast)
     s = rng.uniform(max(0.0, 1 - saturation), 1 + saturation)
@@ -72,11 +76,20 @@ def color_jitter(img: Image.Image, rng: np.random.Generator, brightness=0.4, con
             img = ImageEnhance.Brightness(img).enhance(b)
         elif op == 1:
             img = ImageEnhance.Contrast(img).enhance(c)
+        elif gray:
+            continue
         elif op == 2:
             img = ImageEnhance.Color(img).enhance(s)
         else:
             img = _adjust_hue(img, hf)
     return img
+
+
+def is_gray(img: Image.Image) -> bool:
+    """True when an RGB image has R = G = B everywhere (then every view made from it stays so:
+    crops, flips, brightness, contrast, blur and solarization act on the channels alike)."""
+    r, g, b = img.split()
+    return r.tobytes() == g.tobytes() == b.tobytes()
 
 
 def gaussian_blur(img: Image.Image, rng: np.random.Generator, sigma=(0.1, 2.0)) -> Image.Image:
@@ -138,7 +151,7 @@ class MultiCropAugmentation:
     def num_crops(self) -> int:
         return len(self.views)
 
-    def _view(self, img, rng, size, scale, p_blur, p_solar, trace):
+    def _view(self, img, rng, size, scale, p_blur, p_solar, trace, gray=False):
         applied = {}
         img = random_resized_crop(img, size, scale, rng)
         applied["flip"] = rng.random() < 0.5
@@ -146,7 +159,7 @@ class MultiCropAugmentation:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         applied["jitter"] = rng.random() < 0.8
         if applied["jitter"]:
-            img = color_jitter(img, rng)
+            img = color_jitter(img, rng, gray=gray)
         applied["gray"] = rng.random() < 0.2
         if applied["gray"]:
             img = img.convert("L").convert("RGB")
@@ -167,7 +180,8 @@ class MultiCropAugmentation:
         """Return the list of views (float32 CHW); ``trace`` (a list) receives each view's ops."""
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return [self._view(img, rng, *v, trace) for v in self.views]
+        gray = is_gray(img)
+        return [self._view(img, rng, *v, trace, gray) for v in self.views]
 
 
 class CropFlipAugmentation:

@@ -8,6 +8,7 @@ import jittor as jt
 from jittor import nn
 
 from jhssl import amp
+from models.layers.activation import GELU  # fused CPU kernel, same values as nn.GELU
 
 
 def _trunc_normal(var, std=0.02):
@@ -74,7 +75,7 @@ class ProjectionMLP(nn.Module):
             layers = [nn.Linear(d_in, hidden_dim)]
             if use_bn:
                 layers.append(_TokenBatchNorm(hidden_dim))
-            layers.append(nn.GELU() if act == "gelu" else nn.ReLU())
+            layers.append(GELU() if act == "gelu" else nn.ReLU())
             return layers
 
         if nlayers == 1:

@@ -8,6 +8,8 @@ swapped without touching them:
   matmul primitive as one (B*H, N, D) batch (``kernels/dnnl_bmm_op.cc``),
   with k^T and the transposed gradient operands expressed as strides, and
   the softmax is one fused pass per row (``kernels/cpu_softmax_op.cc``).
+  Under ``models.perf.bf16_products`` the products take bf16 operands
+  inside the op (fp32 accumulation and output).
   Jittor itself lowers 3-D/4-D matmuls on the CPU to a generic
   broadcast-multiply-reduce kernel, which was ~45% of a ViT training step.
 * CUDA, fast kernels on: cuBLAS' strided batched GEMM (Jittor's own
@@ -50,7 +52,7 @@ def _bmm3(a: jt.Var, b: jt.Var, trans_a: bool = False, trans_b: bool = False) ->
     if a.dtype == jt.float32 and b.dtype == jt.float32 and min(a.shape) > 0 and min(b.shape) > 0:
         ops = _cpu_ops()
         if ops is not None:
-            return ops.dnnl_bmm(a, b, trans_a, trans_b)
+            return ops.dnnl_bmm(a, b, trans_a, trans_b, perf.bf16_products_enabled())
         cublas = _cublas_ops()
         if cublas is not None:
             return cublas.cublas_batched_matmul(a, b, trans_a, trans_b)

@@ -2,15 +2,17 @@
 from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 from jittor import nn
 
+from .activation import GELU
+
 
 class Mlp(nn.Module):
-    """fc1 -> act -> fc2 on the last axis.
+    """fc1 -> act -> fc2 on the last axis (act: GELU with the fused CPU kernel, :mod:`.activation`).
 
     ``nn.Linear`` flattens any leading axes to one 2-D GEMM, which Jittor's
     matmul pass turns into a oneDNN (mkl_matmul) call on CPU and cuBLAS on GPU.
     """
 
-    def __init__(self, in_features, hidden_features=None, out_features=None, act=nn.GELU, bias=True):
+    def __init__(self, in_features, hidden_features=None, out_features=None, act=GELU, bias=True):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features

@@ -21,7 +21,12 @@ _OP_FILES = ("dnnl_bmm_op.h", "dnnl_bmm_op.cc", "cpu_softmax_op.h", "cpu_softmax
              "cpu_layer_norm_op.h", "cpu_layer_norm_op.cc",
              "cpu_layer_norm_grad_x_op.h", "cpu_layer_norm_grad_x_op.cc",
              "cpu_layer_norm_grad_wb_op.h", "cpu_layer_norm_grad_wb_op.cc",
-             "cpu_row_stats.h")  # shared by the three LayerNorm ops (not an op itself)
+             "cpu_gelu_op.h", "cpu_gelu_op.cc", "cpu_gelu_backward_op.h", "cpu_gelu_backward_op.cc",
+             "cpu_dwconv_nhwc_op.h", "cpu_dwconv_nhwc_op.cc",
+             "cpu_dwconv_nhwc_grad_x_op.h", "cpu_dwconv_nhwc_grad_x_op.cc",
+             "cpu_dwconv_nhwc_grad_w_op.h", "cpu_dwconv_nhwc_grad_w_op.cc",
+             "cpu_row_stats.h",   # shared by the three LayerNorm ops (not an op itself)
+             "cpu_gelu_math.h")   # shared by the two GELU ops
 _lock = threading.Lock()
 _ops = None
 _failed = False

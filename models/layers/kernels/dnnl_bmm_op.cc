@@ -1,7 +1,11 @@
 // See dnnl_bmm_op.h for why this op exists.
 #include <dnnl.hpp>
 #include <array>
+#include <cstdint>
+#include <cstring>
 #include <map>
+#include <vector>
+#include <unordered_map>
 
 #include "var.h"
 #include "ops/op_register.h"
@@ -13,8 +17,14 @@ namespace jittor {
 
 #ifndef JIT
 
-DnnlBmmOp::DnnlBmmOp(Var* a, Var* b, bool trans_a, bool trans_b)
-    : a(a), b(b), trans_a(trans_a), trans_b(trans_b) {
+DnnlBmmOp::DnnlBmmOp(Var* a, Var* b, Var* bias, bool trans_a, bool trans_b, bool bf16)
+    : DnnlBmmOp(a, b, trans_a, trans_b, bf16) {
+    ASSERT(bias->dtype() == ns_float32) << "dnnl_bmm bias must be float32, got" << bias->dtype();
+    this->bias = bias;
+}
+
+DnnlBmmOp::DnnlBmmOp(Var* a, Var* b, bool trans_a, bool trans_b, bool bf16)
+    : a(a), b(b), bias(nullptr), trans_a(trans_a), trans_b(trans_b), bf16(bf16) {
     ASSERT(a->dtype() == ns_float32 && b->dtype() == ns_float32)
         << "dnnl_bmm supports float32 only, got" << a->dtype() << b->dtype();
     c = create_output(nullptr, a->dtype());
@@ -29,16 +39,21 @@ DnnlBmmOp::DnnlBmmOp(Var* a, Var* b, bool trans_a, bool trans_b)
 VarPtr DnnlBmmOp::grad(Var* out, Var* dout, Var* v, int v_index) {
     // c = op(a) op(b) with op = identity or transpose (per batch item).
     // da = dc op(b)^T (stored transposed when trans_a), db likewise.
+    // The gradient products run in the forward's precision (as under torch.autocast).
     static auto make_bmm = get_op_info("dnnl_bmm")
-        .get_constructor<VarPtr, Var*, Var*, bool, bool>();
+        .get_constructor<VarPtr, Var*, Var*, bool, bool, bool>();
+    static auto make_reduce = get_op_info("reduce")
+        .get_constructor<VarPtr, Var*, NanoString, NanoVector, bool>();
+    if (v_index == 2)                                    // dbias = dc summed over batch and rows
+        return make_reduce(dout, ns_add, NanoVector(0, 1), false);
     if (v_index == 0) {
         if (trans_a)
-            return make_bmm(b, dout, trans_b, true);   // da = op(b) dc^T
-        return make_bmm(dout, b, false, !trans_b);     // da = dc op(b)^T
+            return make_bmm(b, dout, trans_b, true, bf16);   // da = op(b) dc^T
+        return make_bmm(dout, b, false, !trans_b, bf16);     // da = dc op(b)^T
     }
     if (trans_b)
-        return make_bmm(dout, a, true, trans_a);       // db = dc^T op(a)
-    return make_bmm(a, dout, !trans_a, false);         // db = op(a)^T dc
+        return make_bmm(dout, a, true, trans_a, bf16);       // db = dc^T op(a)
+    return make_bmm(a, dout, !trans_a, false, bf16);         // db = op(a)^T dc
 }
 
 void DnnlBmmOp::infer_shape() {
@@ -50,6 +65,10 @@ void DnnlBmmOp::infer_shape() {
     if (trans_a) swap(n, m);
     if (trans_b) swap(m_, k);
     ASSERTop(m,==,m_);
+    if (bias) {
+        ASSERTop(bias->shape.size(),==,1);
+        ASSERTop(bias->shape[0],==,k);
+    }
     c->set_shape({a->shape[0], n, k});
 }
 
@@ -57,11 +76,25 @@ void DnnlBmmOp::jit_prepare(JK& jk) {
     jk << "«T:" << a->dtype();
     jk << "«Trans_a:" << (trans_a ? 'T' : 'N');
     jk << "«Trans_b:" << (trans_b ? 'T' : 'N');
+    jk << "«Bf16:" << (bf16 ? '1' : '0');
+    jk << "«Bias:" << (bias ? '1' : '0');
 }
 
 #else // JIT
 #ifdef JIT_cpu
 #pragma clang diagnostic ignored "-Wtautological-compare"
+// float32 -> bfloat16, round to nearest even (NaN stays NaN); the operands are contiguous, so
+// the copy with the same strides is an elementwise pass (faster than oneDNN's reorder here)
+static void to_bf16(const float* __restrict__ src, uint16_t* __restrict__ dst, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        std::memcpy(&u, src + i, 4);
+        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        dst[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x40u) : (uint16_t)rounded;
+    }
+}
+
 void DnnlBmmOp::jit_run() {
     using namespace dnnl;
     const auto& as = a->shape;
@@ -82,24 +115,63 @@ void DnnlBmmOp::jit_run() {
     static stream strm(eng);
     // Building a primitive costs far more than small products; a training
     // step uses a handful of shapes, so keep one primitive per shape.
-    static map<array<memory::dim,4>, pair<matmul, array<memory::desc,3>>> cache;
+    struct Prim {
+        matmul mm;
+        memory::desc a_md, b_md, c_md;
+        // bf16 only: the bf16 operand layouts (the f32 strides, so a copy is elementwise)
+        memory::desc a16_md, b16_md;
+    };
+    static map<array<memory::dim,4>, Prim> cache;
+    // bf16 copies of the operands (grown, never shrunk: one op runs at a time)
+    static vector<uint16_t> a16_buf, b16_buf;
     array<memory::dim,4> key{batch, n, m, k};
     auto it = cache.find(key);
     if (it == cache.end()) {
         memory::desc a_md({batch, n, m}, memory::data_type::f32, a_strides);
         memory::desc b_md({batch, m, k}, memory::data_type::f32, b_strides);
         memory::desc c_md({batch, n, k}, memory::data_type::f32, memory::dims{n*k, k, 1});
-        matmul::desc desc(a_md, b_md, c_md);
-        matmul::primitive_desc pd(desc, eng);
-        it = cache.emplace(key, make_pair(matmul(pd),
-            array<memory::desc,3>{a_md, b_md, c_md})).first;
+        Prim p;
+        p.a_md = a_md; p.b_md = b_md; p.c_md = c_md;
+        // the bias broadcasts over batch and rows
+        memory::desc bias_md = @Bias ? memory::desc({1, 1, k}, memory::data_type::f32, memory::dims{k, k, 1})
+                                     : memory::desc();
+        if (@Bf16) {
+            // same strides, bf16 elements: the reorder only converts
+            p.a16_md = memory::desc({batch, n, m}, memory::data_type::bf16, a_strides);
+            p.b16_md = memory::desc({batch, m, k}, memory::data_type::bf16, b_strides);
+            matmul::desc desc(p.a16_md, p.b16_md, bias_md, c_md);
+            p.mm = matmul(matmul::primitive_desc(desc, eng));
+        } else {
+            matmul::desc desc(a_md, b_md, bias_md, c_md);
+            p.mm = matmul(matmul::primitive_desc(desc, eng));
+        }
+        it = cache.emplace(key, p).first;
     }
-    auto& mds = it->second.second;
-    memory a_mem(mds[0], eng, (void*)a->ptr<T>());
-    memory b_mem(mds[1], eng, (void*)b->ptr<T>());
-    memory c_mem(mds[2], eng, (void*)c->ptr<T>());
-    it->second.first.execute(strm, {
-        {DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+    auto& p = it->second;
+    memory a_mem(p.a_md, eng, (void*)a->ptr<T>());
+    memory b_mem(p.b_md, eng, (void*)b->ptr<T>());
+    memory c_mem(p.c_md, eng, (void*)c->ptr<T>());
+    unordered_map<int, memory> args{{DNNL_ARG_DST, c_mem}};
+    if (@Bias) {
+        memory::desc bias_md({1, 1, k}, memory::data_type::f32, memory::dims{k, k, 1});
+        args.emplace(DNNL_ARG_BIAS, memory(bias_md, eng, (void*)bias->ptr<T>()));
+    }
+    if (@Bf16) {
+        size_t na = batch * n * m, nb = batch * m * k;
+        if (a16_buf.size() < na) a16_buf.resize(na);
+        if (b16_buf.size() < nb) b16_buf.resize(nb);
+        to_bf16(a->ptr<T>(), a16_buf.data(), na);
+        to_bf16(b->ptr<T>(), b16_buf.data(), nb);
+        memory a16(p.a16_md, eng, (void*)a16_buf.data());
+        memory b16(p.b16_md, eng, (void*)b16_buf.data());
+        args.emplace(DNNL_ARG_SRC, a16);
+        args.emplace(DNNL_ARG_WEIGHTS, b16);
+        p.mm.execute(strm, args);
+    } else {
+        args.emplace(DNNL_ARG_SRC, a_mem);
+        args.emplace(DNNL_ARG_WEIGHTS, b_mem);
+        p.mm.execute(strm, args);
+    }
     strm.wait();
 }
 #endif

@@ -1,0 +1,29 @@
+"""GELU (the exact erf form, as ``jittor.nn.GELU`` / ``torch.nn.GELU()``) with a fused CPU kernel.
+
+On the CPU with fast kernels on (``models.perf``) the forward and the gradient are one vectorised
+pass each (``kernels/cpu_gelu_op.cc``; Jittor's own GELU calls a scalar ``erf`` per element, twice
+in the backward). Otherwise, or for non-float32 input, it is ``jittor.nn.gelu``, the reference path.
+The kernel's erf approximation is within 1.5e-7 of erf (tests compare both paths).
+"""
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
+import jittor as jt
+from jittor import nn
+
+from models import perf
+
+
+def gelu(x: jt.Var) -> jt.Var:
+    """``x * Phi(x)``, Phi the standard normal CDF."""
+    if not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32 and x.numel() > 0:
+        from . import kernels  # lazy: compiled at first use
+        ops = kernels.cpu_ops()
+        if ops is not None:
+            return ops.cpu_gelu(x)
+    return nn.gelu(x)
+
+
+class GELU(nn.Module):
+    """Drop-in for ``jittor.nn.GELU`` (no parameters) with the fused CPU kernel when enabled."""
+
+    def execute(self, x: jt.Var) -> jt.Var:
+        return gelu(x)

@@ -1,0 +1,31 @@
+"""``x @ W^T + b`` with the product in bf16 on the CPU (the CPU side of mixed precision).
+
+Under :func:`models.perf.bf16_products` (set by ``jhssl.amp`` when ``amp: true`` runs on a CPU
+with native bf16 instructions) a linear layer's GEMM and its two gradient GEMMs take bf16
+operands inside oneDNN (``kernels/dnnl_bmm_op.cc``, ``bf16=true``) and accumulate in fp32.
+The Vars around it stay float32, so the elementwise work (GELU, LayerNorm, residuals) is exactly
+the fp32 path's; only the products' inputs are rounded, as torch.autocast rounds them.
+"""
+from models import env  # noqa: F401  (Jittor's environment before jittor loads)
+import jittor as jt
+from jittor import nn
+
+from models import perf
+
+
+def linear(x: jt.Var, weight: jt.Var, bias=None) -> jt.Var:
+    """``x (..., in) @ weight (out, in)^T + bias``; bf16 products when enabled, else Jittor's own."""
+    ops = None
+    if (perf.bf16_products_enabled() and not jt.flags.use_cuda and x.dtype == jt.float32
+            and weight.dtype == jt.float32 and x.numel() > 0):
+        from . import kernels  # lazy: nothing is compiled until a model first runs
+        ops = kernels.cpu_ops()
+    if ops is None:
+        y = nn.matmul_transpose(x, weight)
+        return y if bias is None else y + bias
+    rows = x.reshape((1, -1, x.shape[-1]))
+    w = weight.reshape((1,) + tuple(weight.shape))
+    # the bias is added inside the GEMM: no separate pass over the output
+    y = (ops.dnnl_bmm(rows, w, False, True, True) if bias is None
+         else ops.dnnl_bmm(rows, w, bias, False, True, True))
+    return y.reshape(tuple(x.shape[:-1]) + (weight.shape[0],))
