@@ -16,7 +16,7 @@ import jittor as jt
 from jittor import nn
 
 from .layers.activation import gelu
-from .layers.attention import scaled_dot_product_attention
+from .layers.attention import scaled_dot_product_attention, split_heads
 from .layers.residual import DropPath, check_image
 from .registry import register_model
 
@@ -68,8 +68,8 @@ class SRAttention(nn.Module):
         q = self.q(x).reshape(B, N, h, d).transpose(0, 2, 1, 3)
         if self.sr_ratio > 1:
             x = self.norm(_to_tokens(self.sr(_to_map(x, grid))))
-        kv = self.kv(x).reshape(B, x.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)
-        out = scaled_dot_product_attention(q, kv[0], kv[1])
+        k, v = split_heads(self.kv(x), 2, h)
+        out = scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(0, 2, 1, 3).reshape(B, N, C))
 
 

@@ -28,7 +28,7 @@ import jittor as jt
 from jittor import nn
 
 from .layers import DropPath, Mlp, PatchEmbed, apply_mask_token, init_linear_and_norm, to_2tuple, trunc_normal_
-from .layers.attention import scaled_dot_product_attention
+from .layers.attention import scaled_dot_product_attention, split_heads
 from .registry import register_model
 
 from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
@@ -151,8 +151,7 @@ class WindowAttention(nn.Module):
         B_, N, C = x.shape
         if N != window[0] * window[1]:
             raise ValueError(f"window attention got {N} tokens per window, expected {window[0]}x{window[1]}")
-        qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B_, heads, N, D)
+        q, k, v = split_heads(self.qkv(x), 3, self.num_heads)  # (B_, heads, N, D)
         bias = self._relative_position_bias(window)
         if mask is None:
             out = scaled_dot_product_attention(q, k, v, attn_bias=bias.unsqueeze(0), scale=self.scale)

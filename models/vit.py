@@ -16,7 +16,7 @@ from jittor import nn
 
 from .layers import DropPath, Mlp, PatchEmbed, apply_mask_token, init_linear_and_norm, resample_abs_pos_embed, \
     trunc_normal_
-from .layers.attention import scaled_dot_product_attention
+from .layers.attention import scaled_dot_product_attention, split_heads
 from .registry import register_model
 
 from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
@@ -38,16 +38,14 @@ class Attention(nn.Module):
 
     def execute(self, x: jt.Var, attn_bias: Optional[jt.Var] = None) -> jt.Var:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = split_heads(self.qkv(x), 3, self.num_heads)
         out = scaled_dot_product_attention(q, k, v, attn_bias=attn_bias, scale=self.scale)
         return self.proj(out.permute(0, 2, 1, 3).reshape(B, N, C))
 
     def attention_probs(self, x: jt.Var) -> jt.Var:
         """softmax(q k^T * scale): the (B, heads, N, N) attention weights (for visualisation)."""
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0], qkv[1]
+        q, k, _ = split_heads(self.qkv(x), 3, self.num_heads)
         return nn.softmax(jt.matmul(q, k.permute(0, 1, 3, 2)) * self.scale, dim=-1)
 
 

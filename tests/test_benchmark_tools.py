@@ -223,6 +223,30 @@ def test_jittor_flops_count_each_product_once_with_the_backward_it_needs():
     assert nn.matmul_transpose is original_mm and attention._bmm3.__name__ == "_bmm3"  # unpatched on exit
 
 
+def test_jittor_flops_the_same_under_the_cpu_bf16_autocast_and_for_the_nhwc_depthwise_conv():
+    """The CPU's bf16 products and the channels-last depthwise kernel bypass matmul_transpose and
+    nn.Conv: their own entry points are counted, the same FLOPs as the fp32 / nn.Conv path."""
+    import jhssl  # noqa: F401
+    import jittor as jt
+    from jittor import nn
+
+    from benchmarks.jittor_flops import JittorFlops
+    from jhssl import amp
+    from models import perf
+    from models.layers import dwconv  # called through the module, as models/heads.py does
+    lin, conv = nn.Linear(7, 3), nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    x, t = jt.randn(5, 7), jt.randn(2, 4, 4, 6)
+    counts = []
+    for cpu_amp, fast in ((False, False), (True, True)):
+        with perf.fast_kernels(fast), amp.autocast("bfloat16" if cpu_amp else None, cpu=cpu_amp), \
+                JittorFlops() as fc:
+            lin(x)
+            dwconv.depthwise_conv_nhwc(t, conv)
+        counts.append((fc.forward, fc.backward))
+    linear_fwd, conv_fwd = 2 * 5 * 7 * 3, 2 * (2 * 4 * 4 * 6) * 3 * 3
+    assert counts[0] == counts[1] == (linear_fwd + conv_fwd, 2 * (linear_fwd + conv_fwd))
+
+
 @pytest.mark.slow  # six small training steps: ~1 min
 def test_jittor_step_flops_equal_the_torch_twins_and_the_search_counts_every_head():
     require("torch")

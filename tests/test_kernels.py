@@ -377,3 +377,28 @@ def test_bf16_products_need_the_fast_kernels():
     with perf.bf16_products(True):
         assert model_perf.bf16_products_enabled() is True
     assert model_perf.bf16_products_enabled() is False  # off outside the block
+
+
+# ----------------------------------------------------------------------------- packed q/k/v
+@pytest.mark.parametrize("parts,heads,shape", [(3, 3, (4, 17, 36)), (2, 2, (2, 5, 16)), (3, 1, (1, 1, 6))])
+def test_split_heads_matches_indexing_the_permuted_projection(parts, heads, shape):
+    def fn(packed):
+        outs = attention.split_heads(packed, parts, heads)
+        assert len(outs) == parts and all(o.shape == [shape[0], heads, shape[1], shape[2] // parts // heads]
+                                          for o in outs)
+        # every part reaches the output with its own weight, so each part's gradient is checked
+        return jt.concat([o * (i + 1) for i, o in enumerate(outs)], dim=-1)
+    _compare(fn, [_randn(*shape, seed=41)])
+
+
+def test_split_heads_gradient_when_a_part_is_unused():
+    x = jt.array(_randn(2, 5, 24, seed=42))
+    perf.set_fast_kernels(True)
+    q, k, _ = attention.split_heads(x, 3, 2)
+    g = jt.grad((q * k).sum(), x).numpy()
+    perf.set_fast_kernels(False)
+    q, k, _ = attention.split_heads(x, 3, 2)
+    np.testing.assert_allclose(g, jt.grad((q * k).sum(), x).numpy(), rtol=TOL, atol=TOL)
+    assert np.all(g[..., 16:] == 0)  # the unused v part gets a zero gradient
+    with pytest.raises(ValueError, match="split_heads"):
+        attention.split_heads(x, 5, 2)
