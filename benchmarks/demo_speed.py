@@ -61,6 +61,17 @@ def seconds_per_iteration(log_lines, batch_size: int, warmup: int):
     return (total_t / total_it if total_it else None), total_it
 
 
+def describe_rev(rev: str) -> str:
+    """The commit a variant ran: ``.`` is this working tree's HEAD (``+ changes`` when code differs)."""
+    if rev != ".":
+        return rev
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "jhssl", "models", "run", "configs"],
+                           capture_output=True, text=True)
+    name = head.stdout.strip() or "working tree"
+    return name + (" + changes" if dirty.stdout.strip() else "")
+
+
 def _checkout(rev: str, tmp_root: str) -> str:
     if rev == ".":
         return ROOT
@@ -117,7 +128,7 @@ def summarize(variants, runs):
             if a and b:
                 ratios.append(a[0]["s_per_it"] / b[0]["s_per_it"])
         rm, rsd = mean_std(ratios)
-        out.append({"label": label, "rev": rev, "overrides": overrides, "s_per_it": s, "mean_s_per_it": m,
+        out.append({"label": label, "rev": describe_rev(rev), "overrides": overrides, "s_per_it": s, "mean_s_per_it": m,
                     "std_s_per_it": sd, "speedup_vs_first": ratios, "mean_speedup_vs_first": rm,
                     "std_speedup_vs_first": rsd})
     return out
@@ -158,7 +169,14 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--timeout", type=int, default=1800, help="seconds per run")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "demo_speed"))
+    p.add_argument("--render", default=None, metavar="JSON", help="rewrite OUT.md from a results JSON; run nothing")
     args = p.parse_args(argv)
+    if args.render:
+        from jhssl.fileio import atomic_write_text
+        with open(args.render) as f:
+            rec = json.load(f)
+        atomic_write_text(args.out + ".md", markdown(rec))
+        return
     try:
         variants = [parse_variant(v) for v in args.variants]
     except ValueError as e:
