@@ -189,18 +189,23 @@ def test_teacher_keeps_moving_at_momentum_0_9999():
     assert np.float16(t16 * np.float16(0.9999) + np.float16(0.5001) * np.float16(1e-4)) == t16
 
 
-@pytest.mark.slow
-def test_bf16_ibot_hssl_step_on_vit_with_convnext_head():
-    """The whole iBOT+HSSL forward (ViT + ConvNext head, iBOT masks) under bf16 autocast: fp32 loss
-    close to the fp32 loss, gradients fp32 and finite."""
+def _tiny_ibot_hssl_batch():
+    """A tiny iBOT+HSSL model (ViT + ConvNext head) and one batch: 2 global + 1 local crop, iBOT masks."""
     from jhssl.methods.selfdistill import build_model
-    cfg = tiny_config(extra=["hssl.heads=[convnext]"])
     jt.set_global_seed(0)
-    method = build_model(cfg)
+    method = build_model(tiny_config(extra=["hssl.heads=[convnext]"]))
     rng = np.random.default_rng(0)
     crops = [jt.array(rng.standard_normal((2, 3, 16, 16)).astype(np.float32)) for _ in range(2)] + \
         [jt.array(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))]
     masks = [jt.array(rng.random((2, 4, 4)) < 0.3) for _ in range(2)]
+    return method, crops, masks
+
+
+@pytest.mark.slow
+def test_bf16_ibot_hssl_step_on_vit_with_convnext_head():
+    """The whole iBOT+HSSL forward (ViT + ConvNext head, iBOT masks) under bf16 autocast: fp32 loss
+    close to the fp32 loss, gradients fp32 and finite."""
+    method, crops, masks = _tiny_ibot_hssl_batch()
     ref = method.compute_loss(crops, masks, 0)
     ref_loss = ref["loss"].item()
     with amp.autocast("bfloat16"):
@@ -284,14 +289,7 @@ def test_precision_from_config_on_the_cpu():
 @pytest.mark.slow
 def test_cpu_bf16_ibot_hssl_step_on_vit_with_convnext_head():
     """The iBOT+HSSL loss and gradients under the CPU autocast: close to fp32, fp32 and finite."""
-    from jhssl.methods.selfdistill import build_model
-    cfg = tiny_config(extra=["hssl.heads=[convnext]"])
-    jt.set_global_seed(0)
-    method = build_model(cfg)
-    rng = np.random.default_rng(0)
-    crops = [jt.array(rng.standard_normal((2, 3, 16, 16)).astype(np.float32)) for _ in range(2)] + \
-        [jt.array(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))]
-    masks = [jt.array(rng.random((2, 4, 4)) < 0.3) for _ in range(2)]
+    method, crops, masks = _tiny_ibot_hssl_batch()
     params = [p for p in method.student.parameters() if not p.is_stop_grad()]
     ref = method.compute_loss(crops, masks, 0)
     ref_loss, ref_grads = ref["loss"].item(), [g.numpy() for g in jt.grad(ref["loss"], params)]

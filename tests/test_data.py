@@ -279,6 +279,30 @@ def test_epoch_permutation_depends_on_seed_and_epoch_only():
     assert not np.array_equal(a, epoch_permutation(50, 0, 4)) and not np.array_equal(a, epoch_permutation(50, 1, 3))
 
 
+def test_batches_arriving_out_of_order_are_yielded_in_the_epoch_order(monkeypatch):
+    """Jittor's workers can hand batches over out of order (one claims a batch, another overtakes it
+    before it queues its id); PretrainDataset puts them back by their loader indices, and a resume's
+    skipped batches are dropped by position, not by arrival."""
+    import jittor.dataset as jd
+    from jhssl.data import PretrainDataset, epoch_permutation
+    real_iter = jd.Dataset.__iter__
+
+    def overtaken(self):  # batch 1 arrives first, then 0, then the rest
+        batches = list(real_iter(self))
+        yield from [batches[1], batches[0]] + batches[2:]
+
+    monkeypatch.setattr(jd.Dataset, "__iter__", overtaken)
+    aug = MultiCropAugmentation(global_crop_size=8, local_crop_size=4, local_crops_number=1)
+    ds = PretrainDataset(_CountingSource(12), aug, None, seed=3)
+    ds.set_attrs(batch_size=4, num_workers=0, drop_last=True)
+    ds.set_epoch(0)
+    labels = [v for _, _, y in ds for v in y.numpy().tolist()]
+    assert labels == epoch_permutation(12, 3, 0).tolist()
+    ds.set_epoch(1, start_batch=1)  # resume at batch 1: batch 0 (a placeholder) arrives second
+    labels = [v for _, _, y in ds for v in y.numpy().tolist()]
+    assert labels == epoch_permutation(12, 3, 1)[4:].tolist()
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_order_masks_and_resume_follow_set_epoch(workers):
     """Each epoch's batches follow epoch_permutation(seed, epoch) and its masks its own epoch,

@@ -20,6 +20,11 @@ How Jittor's ``Dataset`` behaves (jittor/dataset/dataset.py, 1.3.11), and what f
   carries a slot that maps (through shared memory) to that epoch, so a sample always knows its
   own epoch. ``set_epoch`` with an epoch other than the one already prefetched, a mid-epoch
   resume (``start_batch``) or an iteration abandoned half-way restart the workers.
+* With two or more workers Jittor can deliver an epoch's batches out of order: a worker claims a
+  batch under one lock and queues its id for the main process under another, so a descheduled
+  worker is overtaken (seen 1 in 8 runs of a 3-batch epoch under load). Every item the loader
+  builds therefore carries its loader index, and :meth:`PretrainDataset.__iter__` yields the
+  batches in the epoch's order (holding at most one per worker that arrived early).
 * Random augmentation does not use the worker's global RNG: each sample's generator is seeded
   from (seed, epoch, index), so results do not depend on worker count, rank or resume point.
 """
@@ -86,10 +91,15 @@ def release_workers(dataset) -> None:
 
 
 def collate_pretrain(batch):
-    """[(crops, masks, label), ...] -> (list of (B,3,h,w) float32, list of (B,H,W) bool, (B,) int32)."""
+    """[(crops, masks, label), ...] -> (list of (B,3,h,w) float32, list of (B,H,W) bool, (B,) int32).
+
+    Items from inside the loader carry their loader index as a 4th element: it comes back as a 4th
+    (B,) int64 array, with which :meth:`PretrainDataset.__iter__` restores the batch order."""
     crops = [np.stack([b[0][v] for b in batch]) for v in range(len(batch[0][0]))]
     masks = [np.stack([b[1][v] for b in batch]) for v in range(len(batch[0][1]))]
     labels = np.asarray([b[2] for b in batch], dtype=np.int32)
+    if len(batch[0]) == 4:
+        return crops, masks, labels, np.asarray([b[3] for b in batch], dtype=np.int64)
     return crops, masks, labels
 
 
@@ -196,11 +206,23 @@ class PretrainDataset(Dataset):
         # direct indexing ds[i] outside an iteration keeps giving normalized float32
         if self.uint8_transport:
             self.transform.uint8_output = True
+        # the batch order of this epoch: a sample's position in epoch_permutation, over the global batch
+        # (under MPI each rank's slice of a global batch starts at rank * batch / ranks, same batch number)
+        n = max(self.num_samples, 1)
+        position = np.empty(n, np.int64)
+        position[epoch_permutation(self.num_samples, self.seed, self._epoch)] = np.arange(self.num_samples)
+        pending, expected = {}, 0
         try:
-            for i, batch in enumerate(super().__iter__()):
-                if i < skip:
-                    continue
-                yield batch
+            for crops, masks, labels, index in super().__iter__():
+                pending[int(position[int(index[0]) % n]) // self.batch_size] = (crops, masks, labels)
+                while expected in pending:  # skipped resume positions (placeholders) are dropped
+                    batch = pending.pop(expected)
+                    if expected >= skip:
+                        yield batch
+                    expected += 1
+            for k in sorted(pending):  # not reached when every batch arrived (they always do)
+                if k >= skip:
+                    yield pending[k]
             done = True
         finally:
             if self.uint8_transport:
@@ -224,10 +246,12 @@ class PretrainDataset(Dataset):
         return int(self._slot_epoch[slot - 1]), i
 
     def __getitem__(self, index):
+        # inside the loader (encoded indices) the index rides along: __iter__ restores the batch order
+        tag = (int(index),) if int(index) >= max(self.num_samples, 1) else ()
         epoch, index = self.decode(index)
         if epoch is None:  # a skipped resume position: a tiny placeholder, never yielded
             nm = self.transform.n_global if self.mask_generator is not None else 0
-            return ([np.zeros((1,), np.float32)] * self.transform.num_crops, [np.zeros((1,), bool)] * nm, -1)
+            return ([np.zeros((1,), np.float32)] * self.transform.num_crops, [np.zeros((1,), bool)] * nm, -1) + tag
         img, label, _ = self.loader.load(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         crops = self.transform(img, rng)
@@ -236,14 +260,19 @@ class PretrainDataset(Dataset):
             # the crop's width: CHW float32, or HWC uint8 under the uint8 transport
             masks = [self.mask_generator(c.shape[-2] if c.dtype == np.uint8 else c.shape[-1], rng, epoch)
                      for c in crops[:self.transform.n_global]]
-        return crops, masks, label
+        return (crops, masks, label) + tag
 
     def collate_batch(self, batch):
         return collate_pretrain(batch)
 
     def to_jittor(self, batch):
-        # In the training process, on each collated (crops, masks, labels) batch (Jittor then calls
-        # this again on its parts): uint8 (B, H, W, 3) crops become normalized float32 (B, 3, H, W).
+        # In the training process, on each collated (crops, masks, labels, index) batch (Jittor then
+        # calls this again on its parts): uint8 (B, H, W, 3) crops become normalized float32
+        # (B, 3, H, W); the loader indices stay numpy (__iter__ reads them and drops them).
+        if isinstance(batch, (list, tuple)) and len(batch) == 4 and isinstance(batch[0], (list, tuple)):
+            index = batch[3].numpy() if isinstance(batch[3], jt.Var) else np.asarray(batch[3])
+            crops, masks, labels = self.to_jittor(tuple(batch[:3]))
+            return crops, masks, labels, index
         if (self.uint8_transport and isinstance(batch, (list, tuple)) and len(batch) == 3
                 and isinstance(batch[0], (list, tuple))):
             t = self.transform

@@ -1,10 +1,8 @@
 // See cpu_dwconv_nhwc_op.h.
-#include <algorithm>
-#include <vector>
-
 #include "var.h"
 #include "ops/op_register.h"
 #include "cpu_dwconv_nhwc_op.h"
+#include "cpu_dwconv_nhwc.h"
 
 namespace jittor {
 
@@ -49,38 +47,9 @@ void CpuDwconvNhwcOp::jit_prepare(JK& jk) { jk << "«T:" << x->dtype(); }
 #ifdef JIT_cpu
 
 void CpuDwconvNhwcOp::jit_run() {
-    const int64 B = x->shape[0], H = x->shape[1], W = x->shape[2], C = x->shape[3];
-    const int64 K = w->shape[2], P = K / 2;
-    const float* __restrict__ xp = x->ptr<float>();
-    const float* __restrict__ wp = w->ptr<float>();
-    const float* __restrict__ bp = b->ptr<float>();
-    float* __restrict__ yp = y->ptr<float>();
-    // (C, 1, K, K) -> (K, K, C): each tap's channel weights contiguous
-    std::vector<float> wt(K * K * C);
-    for (int64 c = 0; c < C; c++)
-        for (int64 t = 0; t < K * K; t++) wt[t * C + c] = wp[c * K * K + t];
-    const float* __restrict__ wtp = wt.data();
-    #pragma omp parallel for schedule(static)
-    for (int64 bh = 0; bh < B * H; bh++) {
-        int64 bi = bh / H, h = bh % H;
-        for (int64 ow = 0; ow < W; ow++) {
-            float* __restrict__ out = yp + ((bi * H + h) * W + ow) * C;
-            #pragma omp simd
-            for (int64 c = 0; c < C; c++) out[c] = bp[c];
-            for (int64 i = 0; i < K; i++) {
-                int64 ih = h + i - P;
-                if (ih < 0 || ih >= H) continue;
-                for (int64 j = 0; j < K; j++) {
-                    int64 iw = ow + j - P;
-                    if (iw < 0 || iw >= W) continue;
-                    const float* __restrict__ in = xp + ((bi * H + ih) * W + iw) * C;
-                    const float* __restrict__ tap = wtp + (i * K + j) * C;
-                    #pragma omp simd
-                    for (int64 c = 0; c < C; c++) out[c] += in[c] * tap[c];
-                }
-            }
-        }
-    }
+    const int64 B = x->shape[0], H = x->shape[1], W = x->shape[2], C = x->shape[3], K = w->shape[2];
+    auto taps = dwconv_nhwc::taps_channels_last(w->ptr<float>(), C, K);
+    dwconv_nhwc::correlate(x->ptr<float>(), taps.data(), b->ptr<float>(), y->ptr<float>(), B, H, W, C, K, false);
 }
 
 #endif
