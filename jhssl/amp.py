@@ -270,5 +270,7 @@ class Precision:
         if self.dtype is None:
             return "fp32"
         if self.cpu:
+            if not model_perf.fast_kernels_enabled():  # the bf16 products are a fast kernel
+                return "fp32 (amp's bf16 products need the fast kernels: JHSSL_FAST_KERNELS=0 is set)"
             return "bf16 linear/attention products in oneDNN, fp32 elsewhere"
         return self.dtype + (" + dynamic loss scaling" if self.scaler is not None else "") + ", fp32 master weights"

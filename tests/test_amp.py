@@ -280,6 +280,9 @@ def test_precision_from_config_on_the_cpu():
     if amp.cpu_has_bf16():
         assert p.dtype == "bfloat16" and p.cpu and p.scaler is None
         assert "oneDNN" in p.describe()
+        from models import perf as model_perf
+        with model_perf.fast_kernels(False):  # the log line must not claim bf16 products that cannot run
+            assert p.describe().startswith("fp32")
     else:
         assert p.dtype is None and p.describe() == "fp32"
     assert amp.Precision.from_config(tiny_config(), on_cuda=False).dtype is None  # amp: false (default)
