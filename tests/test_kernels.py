@@ -67,9 +67,9 @@ def _randn(*shape, seed=0, scale=1.0):
 def test_custom_ops_build_and_are_used():
     assert kernels.cpu_ops() is not None
     perf.set_fast_kernels(True)
-    assert attention._cpu_ops() is not None
+    assert kernels.enabled_cpu_ops() is not None
     perf.set_fast_kernels(False)
-    assert attention._cpu_ops() is None
+    assert kernels.enabled_cpu_ops() is None
 
 
 @needs_onednn

@@ -9,17 +9,13 @@ from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
-from models import perf
+from . import kernels
 
 
 def gelu(x: jt.Var) -> jt.Var:
     """``x * Phi(x)``, Phi the standard normal CDF."""
-    if not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32 and x.numel() > 0:
-        from . import kernels  # lazy: compiled at first use
-        ops = kernels.cpu_ops()
-        if ops is not None:
-            return ops.cpu_gelu(x)
-    return nn.gelu(x)
+    ops = kernels.enabled_cpu_ops() if x.dtype == jt.float32 and x.numel() > 0 else None
+    return nn.gelu(x) if ops is None else ops.cpu_gelu(x)
 
 
 class GELU(nn.Module):

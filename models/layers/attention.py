@@ -24,13 +24,7 @@ import jittor as jt
 
 from models import perf
 
-
-def _cpu_ops():
-    """The compiled custom CPU ops when they should be used, else None."""
-    if jt.flags.use_cuda or not perf.fast_kernels_enabled():
-        return None
-    from . import kernels  # lazy: nothing is compiled until a model first runs
-    return kernels.cpu_ops()
+from . import kernels  # importing compiles nothing: the ops are built at their first use
 
 
 def _cublas_ops():
@@ -50,7 +44,7 @@ def _bmm3(a: jt.Var, b: jt.Var, trans_a: bool = False, trans_b: bool = False) ->
     if a.dtype != b.dtype:  # mixed precision: fp32 scores (+ an fp32 bias) meet a bf16/fp16 operand
         a, b = a.float32(), b.float32()
     if a.dtype == jt.float32 and b.dtype == jt.float32 and min(a.shape) > 0 and min(b.shape) > 0:
-        ops = _cpu_ops()
+        ops = kernels.enabled_cpu_ops()
         if ops is not None:
             return ops.dnnl_bmm(a, b, trans_a, trans_b, perf.bf16_products_enabled())
         cublas = _cublas_ops()
@@ -79,10 +73,17 @@ def softmax_last(x: jt.Var) -> jt.Var:
     if str(x.dtype) in ("bfloat16", "float16"):
         return softmax_last(x.float32()).cast(x.dtype)
     if x.dtype == jt.float32 and x.numel() > 0:
-        ops = _cpu_ops()
+        ops = kernels.enabled_cpu_ops()
         if ops is not None:
             return ops.cpu_softmax(x)
     return jt.nn.softmax(x, dim=-1)
+
+
+def _head_views(packed: jt.Var, parts: int, heads: int):
+    """(B, N, parts * heads * D) -> ``parts`` views (B, heads, N, D) of its permutation."""
+    b, n, c = packed.shape
+    t = packed.reshape(b, n, parts, heads, c // parts // heads).permute(2, 0, 3, 1, 4)
+    return tuple(t[i] for i in range(parts))
 
 
 class _SplitHeads(jt.Function):
@@ -93,10 +94,8 @@ class _SplitHeads(jt.Function):
     traffic of the one stack + permute this gradient does."""
 
     def execute(self, packed, parts, heads):
-        b, n, c = packed.shape
-        self.shape = (b, n, c, parts, heads)
-        t = packed.reshape(b, n, parts, heads, c // parts // heads).permute(2, 0, 3, 1, 4)
-        return tuple(t[i] for i in range(parts))
+        self.shape = (*packed.shape, parts, heads)
+        return _head_views(packed, parts, heads)
 
     def grad(self, *grads):
         b, n, c, parts, heads = self.shape
@@ -114,9 +113,7 @@ def split_heads(packed: jt.Var, parts: int, heads: int):
         raise ValueError(f"split_heads: {tuple(packed.shape)} is not (B, N, {parts} x {heads} x D)")
     if perf.fast_kernels_enabled():
         return _SplitHeads.apply(packed, parts, heads)
-    b, n, c = packed.shape
-    t = packed.reshape(b, n, parts, heads, c // parts // heads).permute(2, 0, 3, 1, 4)
-    return tuple(t[i] for i in range(parts))
+    return _head_views(packed, parts, heads)
 
 
 def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, attn_bias=None, scale=None) -> jt.Var:

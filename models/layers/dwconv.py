@@ -10,7 +10,7 @@ from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
-from models import perf
+from . import kernels
 
 
 def _fast_applies(x, conv) -> bool:
@@ -23,10 +23,8 @@ def _fast_applies(x, conv) -> bool:
 
 def depthwise_conv_nhwc(x: jt.Var, conv: nn.Conv2d) -> jt.Var:
     """(B, H, W, C) -> (B, H, W, C) through the depthwise ``conv``."""
-    if (not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32
-            and conv.weight.dtype == jt.float32 and x.numel() > 0 and _fast_applies(x, conv)):
-        from . import kernels  # lazy: compiled at first use
-        ops = kernels.cpu_ops()
-        if ops is not None:
-            return ops.cpu_dwconv_nhwc(x, conv.weight, conv.bias)
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    ops = (kernels.enabled_cpu_ops() if x.dtype == jt.float32 and conv.weight.dtype == jt.float32
+           and x.numel() > 0 and _fast_applies(x, conv) else None)
+    if ops is None:
+        return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    return ops.cpu_dwconv_nhwc(x, conv.weight, conv.bias)

@@ -13,6 +13,8 @@ from jittor import nn
 
 from models import perf
 
+from . import kernels
+
 _LOW = ("bfloat16", "float16")
 
 
@@ -25,12 +27,10 @@ def layer_norm(x: jt.Var, weight: jt.Var, bias: jt.Var, eps: float = 1e-5) -> jt
     if jt.flags.use_cuda and perf.fast_kernels_enabled() and os.environ.get("JHSSL_CUDA_LAYERNORM") == "1":
         from .cuda_layer_norm import fused_layer_norm  # opt-in until checked on a GPU
         return fused_layer_norm(x, weight, bias, eps)
-    if (not jt.flags.use_cuda and perf.fast_kernels_enabled() and x.dtype == jt.float32
-            and weight.dtype == jt.float32 and bias.dtype == jt.float32 and x.numel() > 0):
-        from . import kernels  # lazy: compiled at first use
-        ops = kernels.cpu_ops()
-        if ops is not None:
-            return ops.cpu_layer_norm(x, weight, bias, float(eps))
+    ops = (kernels.enabled_cpu_ops() if x.dtype == jt.float32 and weight.dtype == jt.float32
+           and bias.dtype == jt.float32 and x.numel() > 0 else None)
+    if ops is not None:
+        return ops.cpu_layer_norm(x, weight, bias, float(eps))
     return nn.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 

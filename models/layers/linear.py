@@ -12,14 +12,13 @@ from jittor import nn
 
 from models import perf
 
+from . import kernels
+
 
 def linear(x: jt.Var, weight: jt.Var, bias=None) -> jt.Var:
     """``x (..., in) @ weight (out, in)^T + bias``; bf16 products when enabled, else Jittor's own."""
-    ops = None
-    if (perf.bf16_products_enabled() and not jt.flags.use_cuda and x.dtype == jt.float32
-            and weight.dtype == jt.float32 and x.numel() > 0):
-        from . import kernels  # lazy: nothing is compiled until a model first runs
-        ops = kernels.cpu_ops()
+    ops = (kernels.enabled_cpu_ops() if perf.bf16_products_enabled() and x.dtype == jt.float32
+           and weight.dtype == jt.float32 and x.numel() > 0 else None)
     if ops is None:
         y = nn.matmul_transpose(x, weight)
         return y if bias is None else y + bias

@@ -15,6 +15,8 @@ import warnings
 from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 
+from models import perf
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OP_FILES = ("dnnl_bmm_op.h", "dnnl_bmm_op.cc", "cpu_softmax_op.h", "cpu_softmax_op.cc",
              "cpu_softmax_backward_op.h", "cpu_softmax_backward_op.cc",
@@ -54,6 +56,14 @@ def _build():
     files = [os.path.join(_HERE, f) for f in _OP_FILES]
     flags = f' -I"{inc}" -L"{lib}" -lmkldnn -Wl,-rpath,"{lib}" '
     return jt.compile_custom_ops(files, extra_flags=flags, gen_name_="jhssl_cpu_kernels")
+
+
+def enabled_cpu_ops():
+    """The compiled CPU ops when the models should use them (on the CPU, fast kernels on), else None.
+    Every fast CPU path asks this; the callers check only what is their own (dtypes, shapes)."""
+    if jt.flags.use_cuda or not perf.fast_kernels_enabled():
+        return None
+    return cpu_ops()
 
 
 def cpu_ops():

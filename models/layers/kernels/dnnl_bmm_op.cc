@@ -120,6 +120,7 @@ void DnnlBmmOp::jit_run() {
         memory::desc a_md, b_md, c_md;
         // bf16 only: the bf16 operand layouts (the f32 strides, so a copy is elementwise)
         memory::desc a16_md, b16_md;
+        memory::desc bias_md;  // zero-size when the op has no bias
     };
     static map<array<memory::dim,4>, Prim> cache;
     // bf16 copies of the operands (grown, never shrunk: one op runs at a time)
@@ -133,29 +134,20 @@ void DnnlBmmOp::jit_run() {
         Prim p;
         p.a_md = a_md; p.b_md = b_md; p.c_md = c_md;
         // the bias broadcasts over batch and rows
-        memory::desc bias_md = @Bias ? memory::desc({1, 1, k}, memory::data_type::f32, memory::dims{k, k, 1})
-                                     : memory::desc();
+        if (@Bias) p.bias_md = memory::desc({1, 1, k}, memory::data_type::f32, memory::dims{k, k, 1});
         if (@Bf16) {
-            // same strides, bf16 elements: the reorder only converts
+            // same strides, bf16 elements: to_bf16 only converts
             p.a16_md = memory::desc({batch, n, m}, memory::data_type::bf16, a_strides);
             p.b16_md = memory::desc({batch, m, k}, memory::data_type::bf16, b_strides);
-            matmul::desc desc(p.a16_md, p.b16_md, bias_md, c_md);
-            p.mm = matmul(matmul::primitive_desc(desc, eng));
-        } else {
-            matmul::desc desc(a_md, b_md, bias_md, c_md);
-            p.mm = matmul(matmul::primitive_desc(desc, eng));
         }
+        matmul::desc desc(@Bf16 ? p.a16_md : a_md, @Bf16 ? p.b16_md : b_md, p.bias_md, c_md);
+        p.mm = matmul(matmul::primitive_desc(desc, eng));
         it = cache.emplace(key, p).first;
     }
     auto& p = it->second;
-    memory a_mem(p.a_md, eng, (void*)a->ptr<T>());
-    memory b_mem(p.b_md, eng, (void*)b->ptr<T>());
-    memory c_mem(p.c_md, eng, (void*)c->ptr<T>());
-    unordered_map<int, memory> args{{DNNL_ARG_DST, c_mem}};
-    if (@Bias) {
-        memory::desc bias_md({1, 1, k}, memory::data_type::f32, memory::dims{k, k, 1});
-        args.emplace(DNNL_ARG_BIAS, memory(bias_md, eng, (void*)bias->ptr<T>()));
-    }
+    unordered_map<int, memory> args{{DNNL_ARG_DST, memory(p.c_md, eng, (void*)c->ptr<T>())}};
+    if (@Bias)
+        args.emplace(DNNL_ARG_BIAS, memory(p.bias_md, eng, (void*)bias->ptr<T>()));
     if (@Bf16) {
         size_t na = batch * n * m, nb = batch * m * k;
         if (a16_buf.size() < na) a16_buf.resize(na);
@@ -166,12 +158,11 @@ void DnnlBmmOp::jit_run() {
         memory b16(p.b16_md, eng, (void*)b16_buf.data());
         args.emplace(DNNL_ARG_SRC, a16);
         args.emplace(DNNL_ARG_WEIGHTS, b16);
-        p.mm.execute(strm, args);
     } else {
-        args.emplace(DNNL_ARG_SRC, a_mem);
-        args.emplace(DNNL_ARG_WEIGHTS, b_mem);
-        p.mm.execute(strm, args);
+        args.emplace(DNNL_ARG_SRC, memory(p.a_md, eng, (void*)a->ptr<T>()));
+        args.emplace(DNNL_ARG_WEIGHTS, memory(p.b_md, eng, (void*)b->ptr<T>()));
     }
+    p.mm.execute(strm, args);
     strm.wait();
 }
 #endif
