@@ -8,7 +8,8 @@ What is counted (as FlopCounterMode): matrix products and convolutions, 2 FLOPs 
 else (no elementwise work, no softmax, no norms). The Python entry points every model in this repository
 reaches them through are wrapped while the counter is active: ``jittor.nn.matmul_transpose`` (``nn.Linear``,
 the patch embedding, the weight-normed prototype layer), ``models.layers.linear.linear`` (``nn.Linear`` under
-the CPU's bf16 autocast), ``jt.matmul``, the attention products (``models.layers.attention._bmm3``),
+the CPU's bf16 autocast), ``jt.matmul``, the attention products (``models.layers.attention._bmm3``, and
+``self_attention``, whose fused CPU op makes both products of short sequences in one call),
 ``nn.Conv.execute`` and the channels-last depthwise conv (``models.layers.dwconv.depthwise_conv_nhwc``); a product made inside another counted call
 (e.g. the plain-Jittor fallback of ``_bmm3``) is counted once.
 
@@ -95,6 +96,10 @@ class JittorFlops:
         def bmm3(out, a, b, trans_a=False, trans_b=False):
             return 2 * math.prod(out.shape) * (a.shape[1] if trans_a else a.shape[2])
 
+        def self_attention(out, qkv, *rest, **kw):  # q k^T and P v: 2 x (2 B N N C), C = H x D
+            b, n, c3 = qkv.shape
+            return 4 * b * n * n * (c3 // 3)
+
         def conv(out, module, x):
             kh, kw = (module.kernel_size if isinstance(module.kernel_size, (tuple, list))
                       else (module.kernel_size, module.kernel_size))
@@ -104,6 +109,7 @@ class JittorFlops:
         self._wrap(nn, "matmul", by_inner_dim)
         self._wrap(jt, "matmul", by_inner_dim)  # the same function under a second name: both are called
         self._wrap(attention, "_bmm3", bmm3)
+        self._wrap(attention, "self_attention", self_attention)
         self._wrap(linear, "linear", by_inner_dim)  # the CPU bf16 path (jhssl.amp) calls its kernel directly
         self._wrap(nn.Conv, "execute", conv)
         self._wrap(dwconv, "depthwise_conv_nhwc", lambda out, x, module: conv(out, module, x))

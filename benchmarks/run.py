@@ -12,7 +12,8 @@ compile Jittor's kernels; a fresh cache makes the first run of this script much 
 Figures (issue 7):
 * GEMM peak: 1024^2 fp32 GEMM through oneDNN (Jittor's mkl_matmul), GFLOP/s.
 * Attention forward+backward, plain Jittor vs the fast kernels, on ViT-T/4-32 and ViT-S/16-224 shapes.
-* ViT forward+backward+AdamW img/s, ViT-S/16 at 224 and ViT-T/4 at 32: Jittor vs torch.
+* ViT forward+backward+AdamW img/s, ViT-S/16 at 224 and ViT-T/4 at 32: Jittor vs torch, in fp32 and
+  with bf16 products (jhssl's CPU amp vs torch.autocast; CPUs with AVX512_BF16/AMX).
 * iBOT training step (teacher forward, student forward+backward, jhssl's AdamW, EMA) on the same
   base: HSSL (ConvNext head, depth 3) / baseline step time and peak RSS, also with every patch
   token projected (``jhssl.perf.masked_projection`` off) and with HSSL on the image level only
@@ -29,6 +30,7 @@ Figures (issue 7):
 GPU rows stay empty unless Jittor sees a CUDA device.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -186,17 +188,25 @@ class _TorchFlops(_FlopCountedStep):
 
 def worker_vit(spec):
     arch, ps, img, bs = spec["arch"], spec["patch"], spec["img"], spec["batch"]
+    if spec.get("amp"):
+        from jhssl.amp import cpu_has_bf16
+        if not cpu_has_bf16():  # jhssl's bf16 path would be fp32 here: no like-for-like comparison
+            return {"unavailable": "this CPU has no AVX512_BF16/AMX"}
     if spec["framework"] == "jittor":
         jt = _jittor(spec["fast"])
         import models
         import models.vit  # noqa: F401  (registers the ViTs)
+        from jhssl import amp
         model = models.create_model(arch, patch_size=ps, img_size=img)
         opt = jt.optim.AdamW(model.parameters(), lr=1e-4)
         x = jt.randn(bs, 3, img, img)
+        # bf16 rows: jhssl's CPU mixed precision (bf16 GEMM operands, fp32 tensors; jhssl/amp.py)
+        dtype = "bfloat16" if spec.get("amp") else None
 
         def step():
-            out = model.forward_features(x)
-            opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
+            with amp.autocast(dtype, cpu=True):
+                out = model.forward_features(x)
+                opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
 
         r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
     else:
@@ -205,10 +215,13 @@ def worker_vit(spec):
         model = ViT(arch, ps, img)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         x = torch.randn(bs, 3, img, img)
+        # bf16 rows: torch's CPU autocast (bf16 products and the activations they produce)
+        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if spec.get("amp") else contextlib.nullcontext
 
         def step():
-            out = model.forward_features(x)
-            loss = out["cls"].pow(2).mean() + out["patch"].pow(2).mean()
+            with autocast():
+                out = model.forward_features(x)
+                loss = out["cls"].float().pow(2).mean() + out["patch"].float().pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -408,6 +421,8 @@ def plan(quick):
         P.append(("vit", f"{name} jittor fast", dict(base, framework="jittor", fast=True)))
         P.append(("vit", f"{name} jittor plain", dict(base, framework="jittor", fast=False)))
         P.append(("vit", f"{name} torch", dict(base, framework="torch")))
+        P.append(("vit", f"{name} jittor fast bf16", dict(base, framework="jittor", fast=True, amp=True)))
+        P.append(("vit", f"{name} torch bf16", dict(base, framework="torch", amp=True)))
     if quick:
         ssl = dict(kind="ssl", arch="vit_tiny", patch=4, local=16, n_local=2, batch=8, warmup=2, iters=2)
         ssl["global"] = 32
@@ -616,7 +631,7 @@ def summarize(results, meta):
           f"Machine: {machine_line(meta['machine'])}.", "",
           f"Command: `{meta['command']}`  ", f"Versions: {meta['versions']}  ",
           f"Mode: {'quick' if meta['quick'] else 'full'}; SSL setting: {meta['ssl_setting']}  ",
-          f"Times are medians after warm-up, best of {meta['rounds']} round(s). fp32. "
+          f"Times are medians after warm-up, best of {meta['rounds']} round(s). fp32 unless a row says bf16. "
           f"OMP_WAIT_POLICY={meta['omp_wait_policy']} for both frameworks. GPU: {meta['gpu']}  ",
           f"Load average (1/5/15 min) at start {_load(meta.get('loadavg_start'))}, at end "
           f"{_load(meta.get('loadavg_end'))}: other processes shared the cores, so absolute numbers are "
@@ -652,6 +667,16 @@ def summarize(results, meta):
         jt_s = (tt * t_s / jf) if (jf and tt and t_s) else None  # batch / img/s
         md.append(f"| {name} | {_fmt(jf, 1)} | {_fmt(jp, 1)} | {_fmt(tt, 1)} | {_fmt(_ratio(jf, tt))} | "
                   f"{_fmt(fl / jt_s / 1e9 if fl and jt_s else None, 1)} | {_fmt(fl / t_s / 1e9 if fl and t_s else None, 1)} |")
+
+    md += ["", "## ViT forward+backward+AdamW with bf16 products (img/s)", "",
+           "Jittor: `amp: true` on the CPU (bf16 operands for the linear and attention GEMMs, fp32 "
+           "tensors, jhssl/amp.py); torch: `torch.autocast('cpu', torch.bfloat16)` (bf16 products and "
+           "the activations they produce). Rows need a CPU with AVX512_BF16/AMX.", "",
+           "| model | Jittor fast bf16 | torch bf16 | Jittor / torch |", "|---|---|---|---|"]
+    for name in ("ViT-T/4 @32 b64", "ViT-S/16 @224 b8"):
+        jb, tb = get(f"{name} jittor fast bf16", "img_per_s"), get(f"{name} torch bf16", "img_per_s")
+        note = R.get(f"{name} jittor fast bf16", {}).get("unavailable")
+        md.append(f"| {name} | {_fmt(jb, 1) if not note else note} | {_fmt(tb, 1)} | {_fmt(_ratio(jb, tb))} |")
 
     md += ["", "## Training steps (iBOT, the search, MoCo v3, MAE: forward(s), backward, AdamW, EMA where there is a teacher)", "",
            "| config | step s | peak RSS MB | RSS after build MB | GFLOP | note |", "|---|---|---|---|---|---|"]

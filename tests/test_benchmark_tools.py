@@ -247,6 +247,24 @@ def test_jittor_flops_the_same_under_the_cpu_bf16_autocast_and_for_the_nhwc_dept
     assert counts[0] == counts[1] == (linear_fwd + conv_fwd, 2 * (linear_fwd + conv_fwd))
 
 
+def test_jittor_flops_the_same_for_the_fused_and_the_split_self_attention():
+    """Short sequences take the fused attention op (both products in one call): counted as the two
+    batched products of the split path."""
+    import jhssl  # noqa: F401
+    import jittor as jt
+
+    from benchmarks.jittor_flops import JittorFlops
+    from models import perf
+    from models.layers import attention
+    counts = []
+    for fast in (False, True):
+        with perf.fast_kernels(fast), JittorFlops() as fc:
+            attention.self_attention(jt.randn(2, 5, 3 * 8), 2)
+        counts.append((fc.forward, fc.backward))
+    fwd = 2 * (2 * 2 * 5 * 5 * 4)  # q k^T and P v: (2 images x 2 heads) x 5 x 5 x D 4 multiply-adds each
+    assert counts[0] == counts[1] == (2 * fwd, 4 * fwd)
+
+
 @pytest.mark.slow  # six small training steps: ~1 min
 def test_jittor_step_flops_equal_the_torch_twins_and_the_search_counts_every_head():
     require("torch")
@@ -310,3 +328,39 @@ def test_summarize_gives_the_search_its_flop_ratio_and_says_when_the_goal_is_bel
     figures, md = run.summarize(rows, _META)
     assert figures["six_head_search_over_one_head_flops"] == pytest.approx(1.2)
     assert "1.4 leaves 1.17x over the FLOP ratio for everything else" in md
+
+
+def test_vit_bf16_rows_pair_jittor_amp_with_torch_autocast_on_the_same_model(monkeypatch):
+    import benchmarks.run as run
+    from benchmarks.run import plan, summarize
+    monkeypatch.setattr(run, "machine_line", lambda m: "machine")
+    rows = {label: spec for _, label, spec in plan(True)}
+    for name in ("ViT-T/4 @32 b64", "ViT-S/16 @224 b8"):
+        jb, tb, fp = rows[f"{name} jittor fast bf16"], rows[f"{name} torch bf16"], rows[f"{name} torch"]
+        assert jb["amp"] and tb["amp"] and jb["fast"] and not fp.get("amp")
+        same = ("arch", "patch", "img", "batch")
+        assert {k: jb[k] for k in same} == {k: tb[k] for k in same} == {k: fp[k] for k in same}
+    results = [{"section": "vit", "label": "ViT-S/16 @224 b8 jittor fast bf16", "spec": {}, "result": {"img_per_s": 6.0}},
+               {"section": "vit", "label": "ViT-S/16 @224 b8 torch bf16", "spec": {}, "result": {"img_per_s": 4.0}},
+               {"section": "vit", "label": "ViT-T/4 @32 b64 jittor fast bf16", "spec": {},
+                "result": {"unavailable": "this CPU has no AVX512_BF16/AMX"}}]
+    _, md = summarize(results, _META)
+    assert "| ViT-S/16 @224 b8 | 6.0 | 4.0 | 1.50 |" in md
+    assert "| ViT-T/4 @32 b64 | this CPU has no AVX512_BF16/AMX |" in md
+
+
+def test_attention_tokens_times_both_ways_and_writes_its_report(tmp_path):
+    import json
+    from benchmarks import attention_tokens
+    from models.layers import attention
+    before = attention.FUSED_MAX_TOKENS
+    out = str(tmp_path / "fa")
+    attention_tokens.main(["--tokens", "3", "40", "--batch", "2", "--heads", "2", "--head-dim", "4",
+                           "--rounds", "2", "--iters", "1", "--out", out])
+    assert attention.FUSED_MAX_TOKENS == before  # restored after forcing each way
+    rec = json.load(open(out + ".json"))
+    assert set(rec["runs"]) == {"3", "40"} and all(len(v["fused"]) == len(v["split"]) == 2 for v in rec["runs"].values())
+    md = open(out + ".md").read()
+    assert "| 3 |" in md and "| fused |" in md and "| split |" in md  # 3 <= the limit < 40
+    with pytest.raises(SystemExit, match="positive"):
+        attention_tokens.main(["--tokens", "0", "--out", out])

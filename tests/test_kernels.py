@@ -414,3 +414,66 @@ def test_split_heads_gradient_when_a_part_is_unused():
     assert np.all(g[..., 16:] == 0)  # the unused v part gets a zero gradient
     with pytest.raises(ValueError, match="split_heads"):
         attention.split_heads(x, 5, 2)
+
+
+# ----------------------------------------------------------------------------- fused self-attention
+@needs_onednn
+@pytest.mark.parametrize("B,N,H,D", [(3, 17, 3, 16), (2, 5, 2, 8), (2, 1, 2, 8), (1, 32, 4, 4)])
+def test_fused_self_attention_matches_split_heads_and_sdpa(B, N, H, D):
+    # the fused op (fast kernels on, N <= FUSED_MAX_TOKENS) against Jittor's plain ops; the packed
+    # projection is scaled up so the softmax rows are far from uniform
+    assert N <= attention.FUSED_MAX_TOKENS
+    _compare(lambda qkv: attention.self_attention(qkv, H, scale=0.3), [_randn(B, N, 3 * H * D, seed=43, scale=2.0)])
+
+
+@needs_onednn
+def test_fused_self_attention_is_used_only_where_it_applies(monkeypatch):
+    real = kernels.cpu_ops()
+    used = []
+
+    class Spy:
+        def __getattr__(self, name):
+            if name == "cpu_attention":
+                used.append(1)
+            return getattr(real, name)
+    monkeypatch.setattr(kernels, "cpu_ops", lambda: Spy())
+    perf.set_fast_kernels(True)
+    n_long = attention.FUSED_MAX_TOKENS + 1
+    attention.self_attention(jt.array(_randn(2, n_long, 24, seed=44)), 2).sync()      # too long
+    bias = jt.array(_randn(1, 2, 5, 5, seed=45))
+    attention.self_attention(jt.array(_randn(2, 5, 24, seed=46)), 2, attn_bias=bias).sync()  # a bias
+    assert not used
+    attention.self_attention(jt.array(_randn(2, 5, 24, seed=47)), 2).sync()
+    assert used
+    # the path it leaves to split_heads + sdpa computes the same attention (with the bias here)
+    x = jt.array(_randn(2, 5, 24, seed=46))
+    q, k, v = attention.split_heads(x, 3, 2)
+    ref = jt.nn.softmax(jt.matmul(q, k.permute(0, 1, 3, 2)) * 4 ** -0.5 + bias, dim=-1)
+    ref = jt.matmul(ref, v).permute(0, 2, 1, 3).reshape(2, 5, 8)
+    np.testing.assert_allclose(attention.self_attention(x, 2, attn_bias=bias).numpy(), ref.numpy(),
+                               rtol=TOL, atol=TOL)
+    with pytest.raises(ValueError, match="self_attention"):
+        attention.self_attention(x, 3)
+
+
+@needs_onednn
+def test_vit_block_output_and_gradients_same_with_the_fused_attention():
+    # a ViT-T/7 on 28 px (the demo's 17 tokens): the whole model, fused attention vs plain ops
+    import models
+    import models.vit  # noqa: F401
+    jt.set_global_seed(0)
+    model = models.create_model("vit_tiny", patch_size=7, img_size=28, depth=2)
+    params = model.parameters()
+
+    def fn(x):
+        return model.forward_features(x)["patch"]
+    x = _randn(2, 3, 28, 28, seed=48)
+    outs = []
+    for fast in (True, False):
+        perf.set_fast_kernels(fast)
+        out = fn(jt.array(x))
+        grads = jt.grad((out * out).sum(), params)
+        outs.append((out.numpy(), [g.numpy() for g in grads]))
+    np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=TOL, atol=TOL)
+    for gf, gr in zip(outs[0][1], outs[1][1]):
+        np.testing.assert_allclose(gf, gr, rtol=TOL, atol=TOL)

@@ -12,6 +12,11 @@ swapped without touching them:
   inside the op (fp32 accumulation and output).
   Jittor itself lowers 3-D/4-D matmuls on the CPU to a generic
   broadcast-multiply-reduce kernel, which was ~45% of a ViT training step.
+* CPU, fast kernels on, short sequences (:func:`self_attention`, at most
+  ``FUSED_MAX_TOKENS`` tokens, no bias): one op reads q, k, v straight from
+  the packed qkv projection and writes the heads' outputs side by side
+  (``kernels/cpu_attention_op.cc``); its gradient recomputes the
+  probabilities. Always fp32, also under ``bf16_products``.
 * CUDA, fast kernels on: cuBLAS' strided batched GEMM (Jittor's own
   ``cublas_batched_matmul`` op, with the same transpose flags) and Jittor's
   fused CUDA softmax.
@@ -140,3 +145,33 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, attn_bias=None
     attn = softmax_last(attn)
     out = _bmm3(attn, v.reshape(bsz * heads, m, dv))
     return out.reshape(bsz, heads, n, dv)
+
+
+# Longest sequence the fused CPU attention takes: up to here it beats splitting the heads for
+# oneDNN's batched GEMMs, whose per-call cost dominates few-token products. Forward + backward of
+# one layer, 128 images x 3 heads, D 64, fused vs split (ms, this repo's 2-core AMD EPYC):
+# 5 tokens 0.40 vs 1.22, 17 tokens 2.3 vs 3.8, 25 tokens 4.6 vs 6.4, 33 tokens 8.4-10.5 vs 9.2-9.3,
+# 41 tokens 12.9-15.0 vs 11.4-11.8; at 197 (ViT-S/16) the GEMMs are 2.4x faster.
+FUSED_MAX_TOKENS = 32
+
+
+def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None) -> jt.Var:
+    """Multi-head self-attention from a packed projection: ``qkv`` (B, N, 3 * C) -> (B, N, C).
+
+    The heads' outputs side by side, as ``proj`` expects them (``softmax(q k^T * scale +
+    attn_bias) v`` per head, :func:`split_heads` order). Short sequences on the CPU with fast
+    kernels on take the fused op; everything else splits the heads and calls
+    :func:`scaled_dot_product_attention`."""
+    if qkv.ndim != 3 or qkv.shape[2] % (3 * heads):
+        raise ValueError(f"self_attention: {tuple(qkv.shape)} is not (B, N, 3 x {heads} x D)")
+    b, n, c3 = qkv.shape
+    c = c3 // 3
+    if scale is None:
+        scale = (c // heads) ** -0.5
+    ops = (kernels.enabled_cpu_ops() if attn_bias is None and qkv.dtype == jt.float32
+           and 0 < n <= FUSED_MAX_TOKENS and b > 0 else None)
+    if ops is not None:
+        return ops.cpu_attention(qkv, int(heads), float(scale))
+    q, k, v = split_heads(qkv, 3, heads)
+    out = scaled_dot_product_attention(q, k, v, attn_bias=attn_bias, scale=scale)
+    return out.permute(0, 2, 1, 3).reshape(b, n, c)
