@@ -149,9 +149,9 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, attn_bias=None
 
 # Longest sequence the fused CPU attention takes: up to here it beats splitting the heads for
 # oneDNN's batched GEMMs, whose per-call cost dominates few-token products. Forward + backward of
-# one layer, 128 images x 3 heads, D 64, fused vs split (ms, this repo's 2-core AMD EPYC):
-# 5 tokens 0.40 vs 1.22, 17 tokens 2.3 vs 3.8, 25 tokens 4.6 vs 6.4, 33 tokens 8.4-10.5 vs 9.2-9.3,
-# 41 tokens 12.9-15.0 vs 11.4-11.8; at 197 (ViT-S/16) the GEMMs are 2.4x faster.
+# one layer, 128 images x 3 heads x D 64, split time over fused (benchmarks/attention_tokens.py,
+# results/fused_attention.md, 2-core AMD EPYC): 3.3x at 5 tokens, 1.7x at 17, 1.1x at 25, 1.0 at
+# 33, 0.85 at 41, 0.73 at 65.
 FUSED_MAX_TOKENS = 32
 
 
