@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu_gelu_math.h"   // exp_nonpositive: a vectorisable e^z, z <= 0
+#include "cpu_exp.h"   // fast_math::exp_nonpositive
 
 namespace jittor {
 namespace attention_cpu {
@@ -43,7 +43,7 @@ static inline void probabilities(const Packed& x, int64_t b, int64_t h, float sc
         float sum = 0.f;
         #pragma omp simd reduction(+:sum)
         for (int64_t j = 0; j < N; j++) {
-            const float e = gelu_math::exp_nonpositive(pi[j] - mx);
+            const float e = fast_math::exp_nonpositive(pi[j] - mx);
             pi[j] = e;
             sum += e;
         }
