@@ -43,7 +43,6 @@ class Attention(nn.Module):
 
     def attention_probs(self, x: jt.Var) -> jt.Var:
         """softmax(q k^T * scale): the (B, heads, N, N) attention weights (for visualisation)."""
-        B, N, C = x.shape
         q, k, _ = split_heads(self.qkv(x), 3, self.num_heads)
         return nn.softmax(jt.matmul(q, k.permute(0, 1, 3, 2)) * self.scale, dim=-1)
 
