@@ -364,3 +364,32 @@ def test_attention_tokens_times_both_ways_and_writes_its_report(tmp_path):
     assert "| 3 |" in md and "| fused |" in md and "| split |" in md  # 3 <= the limit < 40
     with pytest.raises(SystemExit, match="positive"):
         attention_tokens.main(["--tokens", "0", "--out", out])
+
+
+def test_memory_breakdown_parses_the_profiler_and_sorts_live_allocations_by_shape():
+    from benchmarks.memory_breakdown import ACTIVATIONS, DIV_FIELD, DIV_VAR, PARAM_SHAPED, classify, parse_peak_vars
+    info = DIV_VAR.join(["600",
+                         f"Var(7:0:1:1:i0:o1:s1:n0:g1,float32,,7f00)[4,8,]{{x}}{DIV_FIELD}128{DIV_FIELD}",
+                         f"Var(9:0:1:1:i0:o1:s1:n0:g0,float32,,7f10)[4,8,]{{x}}{DIV_FIELD}128{DIV_FIELD}",
+                         f"Var(11:0:1:1:i1:o1:s1:n1:g0,float32,,7f20)[2,3,4,]{DIV_FIELD}96{DIV_FIELD}",
+                         f"Var(12:0:1:1:i1:o1:s1:n1:g0,float32,,7f30)[2,3,4,]{DIV_FIELD}96{DIV_FIELD}",
+                         f"Var(13:0:1:1:i1:o1:s1:n1:g0,float32,,7f40)[16,]{DIV_FIELD}64{DIV_FIELD}"])
+    total, live = parse_peak_vars(info)
+    assert total == 600 and live[0] == ("7f00", (4, 8), 128) and live[2] == ("7f20", (2, 3, 4), 96)
+    cats, acts = classify(live, {(4, 8), (16,)})
+    assert cats == {PARAM_SHAPED: 128 + 128 + 64, ACTIVATIONS: 192} and acts == {(2, 3, 4): 192}
+
+
+@pytest.mark.slow  # four tiny iBOT steps with the memory profiler on: ~20 s
+def test_memory_breakdown_finds_the_head_and_the_state_of_every_parameter_at_the_peak():
+    from benchmarks.memory_breakdown import ACTIVATIONS, PARAM_SHAPED, worker
+    spec = dict(method="ibot", arch="vit_tiny", patch=16, local=16, n_local=2, batch=2, depth=1, label="x")
+    spec["global"] = 32
+    base, hssl = worker(dict(spec, heads=[])), worker(dict(spec, heads=["convnext"]))
+    assert "aux_head" in hssl["n_params"] and "aux_head" not in base["n_params"]
+    for r in (base, hssl):
+        cats, n = r["categories"], sum(r["n_params"].values())
+        # at any point of the step each trained parameter has a value, a teacher copy and two moments
+        assert cats[PARAM_SHAPED] >= 16 * n and cats[ACTIVATIONS] > 0
+        assert r["peak_live_bytes"] == sum(cats.values()) and r["peak_rss_mb"] > 0
+    assert hssl["peak_live_bytes"] > base["peak_live_bytes"]
