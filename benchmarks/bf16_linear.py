@@ -37,10 +37,8 @@ BATCH = 64
 def per_product_linear(x, weight, bias=None):
     """The reference: dnnl_bmm on float32 operands; its autograd rounds each operand per product."""
     from models.layers import kernels
-    ops = kernels.enabled_cpu_ops()
-    rows = x.reshape((1, -1, x.shape[-1]))
-    w = weight.reshape((1,) + tuple(weight.shape))
-    y = ops.dnnl_bmm(rows, w, False, True, True) if bias is None else ops.dnnl_bmm(rows, w, bias, False, True, True)
+    from models.layers.linear import bf16_rows_product
+    y = bf16_rows_product(kernels.enabled_cpu_ops(), x.reshape((1, -1, x.shape[-1])), weight, bias)
     return y.reshape(tuple(x.shape[:-1]) + (weight.shape[0],))
 
 

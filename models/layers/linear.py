@@ -21,6 +21,15 @@ from models import perf
 from . import kernels
 
 
+def bf16_rows_product(ops, rows, weight, bias=None):
+    """``rows (1, M, K) @ weight (N, K)^T [+ bias]`` with bf16 operands in one oneDNN GEMM (the bias
+    added inside it: no separate pass over the output). Float32 operands are rounded inside the op,
+    and its own gradient rounds them again for each gradient product."""
+    w = weight.reshape((1,) + tuple(weight.shape))
+    return (ops.dnnl_bmm(rows, w, False, True, True) if bias is None
+            else ops.dnnl_bmm(rows, w, bias, False, True, True))
+
+
 class _Bf16Linear(jt.Function):
     """``rows (1, M, K) @ weight (N, K)^T [+ bias]`` with bf16 operands rounded once each."""
 
@@ -30,10 +39,7 @@ class _Bf16Linear(jt.Function):
     def execute(self, rows, weight, bias=None):
         self.rows16 = self.ops.cpu_to_bf16(rows)  # kept for the weight gradient instead of rows
         self.weight, self.has_bias = weight, bias is not None
-        w = weight.reshape((1,) + tuple(weight.shape))
-        if bias is None:
-            return self.ops.dnnl_bmm(self.rows16, w, False, True, True)
-        return self.ops.dnnl_bmm(self.rows16, w, bias, False, True, True)
+        return bf16_rows_product(self.ops, self.rows16, weight, bias)
 
     def grad(self, dy):
         dy16 = self.ops.cpu_to_bf16(dy)  # one rounding for both products
@@ -53,11 +59,7 @@ def linear(x: jt.Var, weight: jt.Var, bias=None) -> jt.Var:
         return y if bias is None else y + bias
     rows = x.reshape((1, -1, x.shape[-1]))
     if jt.flags.no_grad or (x.is_stop_grad() and weight.is_stop_grad()):
-        # nothing to keep for a backward: dnnl_bmm rounds the operands itself
-        w = weight.reshape((1,) + tuple(weight.shape))
-        # the bias is added inside the GEMM: no separate pass over the output
-        y = (ops.dnnl_bmm(rows, w, False, True, True) if bias is None
-             else ops.dnnl_bmm(rows, w, bias, False, True, True))
+        y = bf16_rows_product(ops, rows, weight, bias)  # nothing to keep for a backward
     else:
         y = _Bf16Linear(ops)(rows, weight, bias) if bias is not None else _Bf16Linear(ops)(rows, weight)
     return y.reshape(tuple(x.shape[:-1]) + (weight.shape[0],))
