@@ -20,7 +20,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -106,18 +105,8 @@ def worker_memory(model, path):
     return {"peak_live_mb": total / 2.0 ** 20, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
-def _memory(model, path, timeout=1800):
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps([model, path])],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"bf16_linear: the memory run ({model}, {path}) failed: "
-                         f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    return json.loads(lines[-1])
-
-
 def markdown(rec) -> str:
-    from benchmarks.common import format_mean_std, machine_line
+    from benchmarks.common import format_mean_std, machine_line, mean_std
     md = ["# CPU bf16 linear: operands rounded once each vs once per product (issue 18)", "",
           f"Command: `{rec['command']}`", "", f"Machine: {machine_line(rec['machine'])}. {rec['date']}.", "",
           f"A training step of `configs/demo.yaml` (iBOT + HSSL, ConvNext head, `amp: true`, batch {BATCH}, random "
@@ -131,8 +120,8 @@ def markdown(rec) -> str:
         once, per = r["times"]["rounded once"], r["times"]["per product"]
         ratios = [p / o for o, p in zip(once, per)]
         m_once, m_per = r["memory"]["rounded once"], r["memory"]["per product"]
-        md.append(f"| {MODELS[model][0]} | {statistics.mean(once):.3f} | {statistics.mean(per):.3f} | "
-                  f"{format_mean_std(statistics.mean(ratios), statistics.stdev(ratios) if len(ratios) > 1 else None, 3)} | "
+        md.append(f"| {MODELS[model][0]} | {mean_std(once)[0]:.3f} | {mean_std(per)[0]:.3f} | "
+                  f"{format_mean_std(*mean_std(ratios), 3)} | "
                   f"{m_once['peak_live_mb']:.0f} / {m_per['peak_live_mb']:.0f} | "
                   f"{m_once['peak_rss_mb']:.0f} / {m_per['peak_rss_mb']:.0f} |")
     return "\n".join(md) + "\n"
@@ -154,11 +143,12 @@ def main(argv=None):
         raise SystemExit("bf16_linear: this CPU has no bf16 instructions (AVX512_BF16/AMX): nothing to measure")
     if args.rounds < 2 or args.steps < 1:
         p.error("--rounds must be at least 2 (a spread) and --steps at least 1")
-    from benchmarks.common import machine_info
+    from benchmarks.common import machine_info, run_json_worker
     from jhssl.fileio import atomic_write_text
     results = {}
     for model in args.models:
-        memory = {path: _memory(model, path) for path in ("rounded once", "per product")}
+        memory = {path: run_json_worker(__file__, [model, path], 1800, f"the memory run ({model}, {path})")
+                  for path in ("rounded once", "per product")}
         results[model] = {"times": measure_speed(model, args.rounds, args.steps), "memory": memory}
         print(model, json.dumps(results[model]), flush=True)
     rec = {"command": " ".join(["python benchmarks/bf16_linear.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -7,6 +7,7 @@ actually dispatches, and torch's BLAS backend and CPU capability. The two librar
 subprocesses, so importing this module (benchmark workers do) never loads Jittor or torch.
 """
 import functools
+import json
 import math
 import os
 import platform
@@ -157,6 +158,21 @@ def format_mean_std(mean, std, digits=2, sign=""):
     if mean is None:
         return "–"
     return f"{mean:{sign}.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def run_json_worker(script: str, payload, timeout: float, what: str) -> dict:
+    """``python <script> --worker <payload as JSON>`` in a fresh process (its own peak RSS, its own
+    Jittor state); returns the dict it prints as its last JSON line. A failure ends the benchmark with
+    one line that names ``what``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.abspath(script), "--worker", json.dumps(payload)],
+                          capture_output=True, text=True, timeout=timeout, cwd=root,
+                          env=dict(os.environ, PYTHONPATH=root))
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"{os.path.basename(script)}: {what} failed: {tail}")
+    return json.loads(lines[-1])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import collections
 import json
 import os
 import resource
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,17 +104,6 @@ def worker(spec):
             "n_params": n_params}
 
 
-def _run_worker(spec, timeout):
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"memory_breakdown: the {spec['label']} step failed: {tail}")
-    return json.loads(lines[-1])
-
-
 def markdown(rec) -> str:
     from benchmarks.common import machine_line
     base, hssl = rec["results"]["baseline"], rec["results"]["hssl"]
@@ -172,14 +160,14 @@ def main(argv=None):
         print(json.dumps(worker(json.loads(args.worker))), flush=True)
         return
     import datetime
-    from benchmarks.common import machine_info
+    from benchmarks.common import machine_info, run_json_worker
     from jhssl.fileio import atomic_write_text
     setting = dict(method=args.method, arch=args.arch, patch=args.patch, global_=args.size, local=args.local,
                    n_local=args.n_local, batch=args.batch, depth=args.depth)
     setting["global"] = setting.pop("global_")
     results = {}
     for label, heads in (("baseline", []), ("hssl", [args.head])):
-        results[label] = _run_worker(dict(setting, heads=heads, label=label), args.timeout)
+        results[label] = run_json_worker(__file__, dict(setting, heads=heads), args.timeout, f"the {label} step")
         print(label, f"live peak {results[label]['peak_live_bytes'] / MB:.0f} MB, "
               f"peak RSS {results[label]['peak_rss_mb']:.0f} MB", flush=True)
     rec = {"command": " ".join(["python benchmarks/memory_breakdown.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -407,3 +407,13 @@ def test_bf16_linear_report_pairs_the_two_paths_per_round(monkeypatch):
     assert "| 1.500 | 1.550 | 1.050 ± 0.071 | 500 / 600 | 900 / 960 |" in row
     with pytest.raises(SystemExit):
         bl.main(["--rounds", "1"])
+
+
+def test_json_worker_returns_the_last_json_line_and_names_what_failed(tmp_path):
+    from benchmarks.common import run_json_worker
+    script = tmp_path / "w.py"
+    script.write_text("import json, sys\np = json.loads(sys.argv[2])\nif p['fail']:\n    sys.exit('boom: ' + p['why'])\n"
+                      "print('{\"not\": \"this\"}')\nprint(json.dumps({'got': p['x'] * 2}))\n")
+    assert run_json_worker(str(script), {"fail": False, "x": 21}, 60, "the step") == {"got": 42}
+    with pytest.raises(SystemExit, match=r"w.py: the step failed: boom: bad input"):
+        run_json_worker(str(script), {"fail": True, "why": "bad input"}, 60, "the step")
