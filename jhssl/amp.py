@@ -26,9 +26,7 @@ The design is torch.autocast's, applied to Jittor:
 * **CPU** (``amp: true`` on a CPU with native bf16, AVX512_BF16 or AMX): Jittor's own CPU kernels
   for bf16 Vars are slower than fp32, so nothing changes dtype. Instead ``nn.Linear`` products
   and the attention products round their operands to bf16 inside oneDNN's GEMM and accumulate
-  in fp32 (:mod:`models.layers.linear`, :func:`models.perf.bf16_products`; a trained linear layer
-  rounds its input and its output gradient once each and keeps the 2-byte input for its
-  backward): the products run at
+  in fp32 (:mod:`models.layers.linear`, :func:`models.perf.bf16_products`): the products run at
   about twice fp32's rate and every Var, LayerNorm and softmax stays fp32. Convolutions and the
   prototype layer stay fp32 (as on the GPU). ``amp_dtype: float16`` on a CPU is an error; a CPU
   without bf16 instructions trains in fp32 and says so.

@@ -395,20 +395,6 @@ def test_memory_breakdown_finds_the_head_and_the_state_of_every_parameter_at_the
     assert hssl["peak_live_bytes"] > base["peak_live_bytes"]
 
 
-def test_bf16_linear_report_pairs_the_two_paths_per_round(monkeypatch):
-    import benchmarks.bf16_linear as bl
-    mem = {"rounded once": {"peak_live_mb": 500.0, "peak_rss_mb": 900.0},
-           "per product": {"peak_live_mb": 600.0, "peak_rss_mb": 960.0}}
-    rec = {"command": "c", "machine": {"cpu": "cpu", "cores": 2}, "date": "d", "rounds": 2, "steps": 4,
-           "results": {"demo": {"times": {"rounded once": [1.0, 2.0], "per product": [1.1, 2.0]}, "memory": mem}}}
-    monkeypatch.setattr("benchmarks.common.machine_line", lambda m: "m")
-    row = [x for x in bl.markdown(rec).splitlines() if x.startswith("| ViT-T/7")][0]
-    # paired per round: 1.1 / 1.0 and 2.0 / 2.0 -> 1.05 ± 0.071
-    assert "| 1.500 | 1.550 | 1.050 ± 0.071 | 500 / 600 | 900 / 960 |" in row
-    with pytest.raises(SystemExit):
-        bl.main(["--rounds", "1"])
-
-
 def test_json_worker_returns_the_last_json_line_and_names_what_failed(tmp_path):
     from benchmarks.common import run_json_worker
     script = tmp_path / "w.py"

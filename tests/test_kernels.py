@@ -380,53 +380,6 @@ def test_bf16_linear_with_bias_forward_and_gradients():
 
 
 @needs_onednn
-@needs_bf16
-def test_dnnl_bmm_takes_operands_rounded_beforehand_with_the_same_result():
-    ops = kernels.cpu_ops()
-    a, b = _randn(2, 21, 48, seed=41), _randn(2, 30, 48, seed=42)
-    ref = ops.dnnl_bmm(jt.array(a), jt.array(b), False, True, True).numpy()
-    a16, b16 = ops.cpu_to_bf16(jt.array(a)), ops.cpu_to_bf16(jt.array(b))
-    assert str(a16.dtype) == "bfloat16"
-    np.testing.assert_array_equal(a16.float32().numpy(), _bf16(a))  # round to nearest even, as in the op
-    for x, y in ((a16, jt.array(b)), (jt.array(a), b16), (a16, b16)):
-        out = ops.dnnl_bmm(x, y, False, True, True)
-        assert str(out.dtype) == "float32"
-        np.testing.assert_array_equal(out.numpy(), ref)
-    with pytest.raises(RuntimeError, match="bf16"):  # a bf16 operand in an fp32 product is refused
-        ops.dnnl_bmm(a16, jt.array(b), False, True, False).sync()
-
-
-@needs_onednn
-@needs_bf16
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_bf16_linear_rounds_each_operand_once_and_gives_the_products_of_per_product_rounding(with_bias, monkeypatch):
-    from models.layers import linear as linear_mod
-    ops = kernels.cpu_ops()
-    rng = np.random.default_rng(43)
-    x, w = rng.standard_normal((3, 7, 40)).astype(np.float32), rng.standard_normal((24, 40)).astype(np.float32)
-    b, g = rng.standard_normal(24).astype(np.float32), rng.standard_normal((3, 7, 24)).astype(np.float32)
-    xv, wv, bv = jt.array(x), jt.array(w), jt.array(b)
-    used = []
-    original = linear_mod._Bf16Linear.execute
-    monkeypatch.setattr(linear_mod._Bf16Linear, "execute", lambda self, *a: used.append(1) or original(self, *a))
-    perf.set_fast_kernels(True)
-    with perf.bf16_products(True):
-        y = linear_mod.linear(xv, wv, bv if with_bias else None)
-        grads = jt.grad((y * jt.array(g)).sum(), [xv, wv] + ([bv] if with_bias else []))
-    assert used == [1]
-    # the reference: every product rounds its own float32 operands (dnnl_bmm's autograd)
-    rows, w3 = xv.reshape((1, -1, 40)), wv.reshape((1, 24, 40))
-    ref = ops.dnnl_bmm(rows, w3, bv, False, True, True) if with_bias else ops.dnnl_bmm(rows, w3, False, True, True)
-    ref_grads = jt.grad((ref * jt.array(g.reshape(1, -1, 24))).sum(), [xv, wv] + ([bv] if with_bias else []))
-    np.testing.assert_array_equal(y.numpy().reshape(1, -1, 24), ref.numpy())
-    for got, want in zip(grads, ref_grads):
-        np.testing.assert_array_equal(got.numpy(), want.numpy())
-    with jt.no_grad():  # nothing to keep for a backward: one product, rounded inside dnnl_bmm
-        linear_mod.linear(xv, wv, bv).sync()
-    assert used == [1]
-
-
-@needs_onednn
 def test_bf16_products_need_the_fast_kernels():
     perf.set_fast_kernels(False)
     with perf.bf16_products(True):

@@ -29,13 +29,11 @@ _OP_FILES = ("dnnl_bmm_op.h", "dnnl_bmm_op.cc", "cpu_softmax_op.h", "cpu_softmax
              "cpu_dwconv_nhwc_grad_w_op.h", "cpu_dwconv_nhwc_grad_w_op.cc",
              "cpu_attention_op.h", "cpu_attention_op.cc",
              "cpu_attention_backward_op.h", "cpu_attention_backward_op.cc",
-             "cpu_to_bf16_op.h", "cpu_to_bf16_op.cc",
              "cpu_row_stats.h",   # shared by the three LayerNorm ops (not an op itself)
              "cpu_gelu_math.h",   # shared by the two GELU ops
              "cpu_dwconv_nhwc.h",  # shared by the depthwise-conv ops
              "cpu_attention.h",    # shared by the two attention ops
-             "cpu_exp.h",          # e^z for z <= 0: GELU and the attention softmax
-             "cpu_bf16.h")         # float32 -> bfloat16 rounding: dnnl_bmm and cpu_to_bf16
+             "cpu_exp.h")          # e^z for z <= 0: GELU and the attention softmax
 _lock = threading.Lock()
 _ops = None
 _failed = False

@@ -10,7 +10,6 @@
 #include "var.h"
 #include "ops/op_register.h"
 #include "dnnl_bmm_op.h"
-#include "cpu_bf16.h"
 
 using namespace std;
 
@@ -26,11 +25,9 @@ DnnlBmmOp::DnnlBmmOp(Var* a, Var* b, Var* bias, bool trans_a, bool trans_b, bool
 
 DnnlBmmOp::DnnlBmmOp(Var* a, Var* b, bool trans_a, bool trans_b, bool bf16)
     : a(a), b(b), bias(nullptr), trans_a(trans_a), trans_b(trans_b), bf16(bf16) {
-    // bfloat16 operands (already rounded, cpu_to_bf16) only in a bf16 product; the result is float32
-    auto ok = [bf16](Var* v) { return v->dtype() == ns_float32 || (bf16 && v->dtype() == ns_bfloat16); };
-    ASSERT(ok(a) && ok(b)) << "dnnl_bmm takes float32 operands (bfloat16 ones in a bf16 product), got"
-        << a->dtype() << b->dtype() << "with bf16 =" << bf16;
-    c = create_output(nullptr, ns_float32);
+    ASSERT(a->dtype() == ns_float32 && b->dtype() == ns_float32)
+        << "dnnl_bmm supports float32 only, got" << a->dtype() << b->dtype();
+    c = create_output(nullptr, a->dtype());
     // CPU only: the CUDA path uses cuBLAS' batched GEMM from Python.
     flags.set(NodeFlags::_cpu, 1);
     flags.set(NodeFlags::_cuda, 0);
@@ -76,9 +73,7 @@ void DnnlBmmOp::infer_shape() {
 }
 
 void DnnlBmmOp::jit_prepare(JK& jk) {
-    jk << "«T:" << c->dtype();
-    jk << "«A16:" << (a->dtype() == ns_bfloat16 ? '1' : '0');
-    jk << "«B16:" << (b->dtype() == ns_bfloat16 ? '1' : '0');
+    jk << "«T:" << a->dtype();
     jk << "«Trans_a:" << (trans_a ? 'T' : 'N');
     jk << "«Trans_b:" << (trans_b ? 'T' : 'N');
     jk << "«Bf16:" << (bf16 ? '1' : '0');
@@ -88,6 +83,18 @@ void DnnlBmmOp::jit_prepare(JK& jk) {
 #else // JIT
 #ifdef JIT_cpu
 #pragma clang diagnostic ignored "-Wtautological-compare"
+// float32 -> bfloat16, round to nearest even (NaN stays NaN); the operands are contiguous, so
+// the copy with the same strides is an elementwise pass (faster than oneDNN's reorder here)
+static void to_bf16(const float* __restrict__ src, uint16_t* __restrict__ dst, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        std::memcpy(&u, src + i, 4);
+        uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+        dst[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint16_t)((u >> 16) | 0x40u) : (uint16_t)rounded;
+    }
+}
+
 void DnnlBmmOp::jit_run() {
     using namespace dnnl;
     const auto& as = a->shape;
@@ -142,21 +149,13 @@ void DnnlBmmOp::jit_run() {
     if (@Bias)
         args.emplace(DNNL_ARG_BIAS, memory(p.bias_md, eng, (void*)bias->ptr<T>()));
     if (@Bf16) {
-        // float32 operands are rounded here; bfloat16 ones (A16/B16) were rounded by cpu_to_bf16
         size_t na = batch * n * m, nb = batch * m * k;
-        void* a16_ptr = a->mem_ptr, * b16_ptr = b->mem_ptr;
-        if (!@A16) {
-            if (a16_buf.size() < na) a16_buf.resize(na);
-            bf16_math::to_bf16(a->ptr<float>(), a16_buf.data(), na);
-            a16_ptr = a16_buf.data();
-        }
-        if (!@B16) {
-            if (b16_buf.size() < nb) b16_buf.resize(nb);
-            bf16_math::to_bf16(b->ptr<float>(), b16_buf.data(), nb);
-            b16_ptr = b16_buf.data();
-        }
-        memory a16(p.a16_md, eng, a16_ptr);
-        memory b16(p.b16_md, eng, b16_ptr);
+        if (a16_buf.size() < na) a16_buf.resize(na);
+        if (b16_buf.size() < nb) b16_buf.resize(nb);
+        to_bf16(a->ptr<T>(), a16_buf.data(), na);
+        to_bf16(b->ptr<T>(), b16_buf.data(), nb);
+        memory a16(p.a16_md, eng, (void*)a16_buf.data());
+        memory b16(p.b16_md, eng, (void*)b16_buf.data());
         args.emplace(DNNL_ARG_SRC, a16);
         args.emplace(DNNL_ARG_WEIGHTS, b16);
     } else {

@@ -20,8 +20,7 @@ struct DnnlBmmOp : Op {
     bool trans_a, trans_b;
     // bf16: the operands are rounded to bfloat16 inside the op and multiplied by oneDNN's bf16
     // kernels with fp32 accumulation and an fp32 result (mixed precision on a CPU with native
-    // bf16 instructions, about twice fp32's GEMM rate); the output is a float32 Var. An operand
-    // may also be a bfloat16 Var, rounded once beforehand (cpu_to_bf16) and used as it is.
+    // bf16 instructions, about twice fp32's GEMM rate); inputs and output stay float32 Vars.
     bool bf16;
     DnnlBmmOp(Var* a, Var* b, bool trans_a, bool trans_b, bool bf16=false);
     DnnlBmmOp(Var* a, Var* b, Var* bias, bool trans_a, bool trans_b, bool bf16=false);
