@@ -162,9 +162,8 @@ def main(argv=None):
     import datetime
     from benchmarks.common import machine_info, run_json_worker
     from jhssl.fileio import atomic_write_text
-    setting = dict(method=args.method, arch=args.arch, patch=args.patch, global_=args.size, local=args.local,
-                   n_local=args.n_local, batch=args.batch, depth=args.depth)
-    setting["global"] = setting.pop("global_")
+    setting = {"method": args.method, "arch": args.arch, "patch": args.patch, "global": args.size,
+               "local": args.local, "n_local": args.n_local, "batch": args.batch, "depth": args.depth}
     results = {}
     for label, heads in (("baseline", []), ("hssl", [args.head])):
         results[label] = run_json_worker(__file__, dict(setting, heads=heads), args.timeout, f"the {label} step")
