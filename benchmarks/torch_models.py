@@ -223,23 +223,26 @@ class SSLNetwork(nn.Module):
             if i == len(crops) or crops[i].shape[-2:] != crops[start].shape[-2:] or i == n_global:
                 groups.append((start, i))
                 start = i
-        acc = {k: [] for k in list(want) + ["base_tokens", "head_tokens"]}
+        acc = {k: [] for k in list(want) + ["base_tokens", "head_tokens", "base_cls_tokens", "head_cls_tokens"]}
         for a, b in groups:
             x = torch.cat(crops[a:b], dim=0)
             is_global = a < n_global
             mask = torch.cat(masks[a:b], dim=0) if (masks is not None and is_global) else None
             out = self.backbone.forward_features(x, mask)
             if "base_cls" in want:
-                acc["base_cls"].append(self.project(out["cls"], "base"))
+                acc["base_cls_tokens"].append(out["cls"])
             if is_global and "base_patch" in want:
                 acc["base_tokens"].append(out["patch"])
             if self.aux_head is not None and ({"head_cls", "head_patch"} & set(want)):
                 h = self.aux_head(out["head_input"], out["grid"])
                 if "head_cls" in want:
-                    acc["head_cls"].append(self.project(h["cls"], "head"))
+                    acc["head_cls_tokens"].append(h["cls"])
                 if is_global and "head_patch" in want:
                     acc["head_tokens"].append(h["patch"])
-        for which in ("base", "head"):
+        for which in ("base", "head"):  # the CLS tokens of every crop in one projection, as jhssl
+            cls_tokens = acc.pop(which + "_cls_tokens")
+            if cls_tokens:
+                acc[which + "_cls"].append(self.project(torch.cat(cls_tokens, dim=0), which))
             tokens = acc.pop(which + "_tokens")
             if not tokens:
                 continue

@@ -305,3 +305,24 @@ def test_resmlp_head_is_sized_for_the_global_crop_grid():
     masks = [jt.array(rng.random((2, 16, 16)) < 0.3) for _ in range(2)]
     parts = m.compute_loss(crops, masks, 0)
     assert np.isfinite(parts["loss"].item())
+
+
+def test_cls_projection_runs_once_over_every_crop():
+    """DINO's MultiCropWrapper projects the CLS tokens of all crops in one head call: with a
+    BatchNorm in the projection (model.use_bn_in_head) its batch statistics cover the global and
+    the local crops together, so the CLS logits equal the projection of the concatenated features
+    (projected per resolution group, the local crops would be normalised on their own)."""
+    m = build_model(tiny_config(extra=["model.use_bn_in_head=true", "data.local_crops_number=2"]))
+    rng = np.random.default_rng(0)
+    crops = [jt.array(rng.normal(size=(3, 3, 16, 16)).astype(np.float32)) for _ in range(2)] + \
+            [jt.array(rng.normal(size=(3, 3, 8, 8)).astype(np.float32) + 2.0) for _ in range(2)]
+    m.student.train()
+    out = m.student(crops, n_global=2, want={"base_cls", "base_feat", "head_cls", "head_feat"})
+    assert tuple(out["base_cls"].shape) == (12, 64) and tuple(out["head_cls"].shape) == (12, 64)
+    for which in ("base", "head"):
+        feats = out[which + "_feat"]
+        whole = m.student.project(feats, which, "cls").numpy()
+        np.testing.assert_allclose(out[which + "_cls"].numpy(), whole, rtol=1e-4, atol=1e-5)
+        per_group = np.concatenate([m.student.project(feats[:6], which, "cls").numpy(),
+                                    m.student.project(feats[6:], which, "cls").numpy()])
+        assert np.abs(per_group - whole).max() > 1e-3  # the check above can tell the two apart

@@ -91,12 +91,14 @@ class SSLNetwork(nn.Module):
     def collect(self, out, is_global, want, acc):
         """Add this network's requested outputs of one backbone pass (``out``) to ``acc``.
 
-        CLS tokens are projected here; global-crop patch tokens are kept and projected by
-        :meth:`finish` once all passes are in (the masked rows index all global crops together)."""
+        Tokens are kept and projected by :meth:`finish` once all passes are in: the CLS tokens of
+        every crop in one call, as DINO's MultiCropWrapper runs its head once on the concatenated
+        outputs (one GEMM per layer reads each weight once), and the global-crop patch tokens
+        together (the masked rows index all global crops)."""
         if "base_feat" in want:
             acc["base_feat"].append(out["cls"])
         if "base_cls" in want:
-            acc["base_cls"].append(self.project(out["cls"], "base", "cls"))
+            acc["base_cls_tokens"].append(out["cls"])
         if is_global and want & {"base_patch", "base_patch_mean"}:
             acc["base_patch_tokens"].append(out["patch"])
         if self.aux_head is not None and want & {"head_cls", "head_patch", "head_patch_mean", "head_feat"}:
@@ -104,13 +106,16 @@ class SSLNetwork(nn.Module):
             if "head_feat" in want:
                 acc["head_feat"].append(h["cls"])
             if "head_cls" in want:
-                acc["head_cls"].append(self.project(h["cls"], "head", "cls"))
+                acc["head_cls_tokens"].append(h["cls"])
             if is_global and want & {"head_patch", "head_patch_mean"}:
                 acc["head_patch_tokens"].append(h["patch"])
 
     def finish(self, acc, want, patch_rows=None):
-        """Project the collected patch tokens and concatenate every output over the passes."""
+        """Project the collected tokens and concatenate every output over the passes."""
         for which in ("base", "head"):
+            cls_tokens = acc.pop(which + "_cls_tokens")
+            if cls_tokens:
+                acc[which + "_cls"].append(self.project(_concat(cls_tokens), which, "cls"))
             tokens = acc.pop(which + "_patch_tokens")
             if not tokens:
                 continue
@@ -140,8 +145,8 @@ class SSLNetwork(nn.Module):
         return finish_outputs(acc)
 
 
-_OUTPUT_KEYS = ("base_cls", "base_feat", "base_patch", "base_patch_mean", "base_patch_tokens",
-                "head_cls", "head_feat", "head_patch", "head_patch_mean", "head_patch_tokens")
+_OUTPUT_KEYS = ("base_cls", "base_cls_tokens", "base_feat", "base_patch", "base_patch_mean", "base_patch_tokens",
+                "head_cls", "head_cls_tokens", "head_feat", "head_patch", "head_patch_mean", "head_patch_tokens")
 
 
 def new_outputs():
