@@ -64,6 +64,8 @@ def main(argv=None):
     p.add_argument("--batches", nargs="+", type=int, default=[8, 32])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iters", type=int, default=3, help="timed steps per row and round (after 2 warm-up steps)")
+    p.add_argument("--out", default=None, metavar="STEM",
+                   help="write STEM.json and STEM.md (default: benchmarks/results/search_batch[-full])")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.iters < 1 or any(b < 1 for b in args.batches):
         p.error("--rounds, --iters and every batch must be at least 1")
@@ -73,7 +75,8 @@ def main(argv=None):
     load_start = os.getloadavg()
     rows = summarize(measure(not args.full, args.batches, args.rounds, args.iters))
     command = "python benchmarks/search_batch.py" + (" --full" if args.full else "") + \
-        f" --batches {' '.join(map(str, args.batches))} --rounds {args.rounds} --iters {args.iters}"
+        f" --batches {' '.join(map(str, args.batches))} --rounds {args.rounds} --iters {args.iters}" + \
+        (f" --out {os.path.relpath(args.out, ROOT)}" if args.out else "")
     rec = {"date": datetime.datetime.utcnow().isoformat(timespec="seconds"), "command": command,
            "machine": machine, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
            "rows": {str(b): r for b, r in rows.items()}}
@@ -85,14 +88,16 @@ def main(argv=None):
           "search rows of benchmarks/run.py (one-layer candidates, Eq. 6's image-level terms); FLOPs counted on "
           "the Jittor step (benchmarks/jittor_flops.py). Step ratio: six-head median / one-head median of the same "
           "round, mean ± std over rounds.", "",
-          "| batch | one head s | six heads s | step ratio | FLOP ratio | step / FLOP ratio | trained params one / six (M) |",
-          "|---|---|---|---|---|---|---|"]
+          "| batch | one head s | six heads s | step ratio | per round | FLOP ratio | step / FLOP ratio | trained params one / six (M) |",
+          "|---|---|---|---|---|---|---|---|"]
     for b, r in rows.items():
         spread = f" ± {r['step_ratio_std']:.3f}" if r["step_ratio_std"] is not None else ""
+        per_round = ", ".join(f"{x:.3f}" for x in r["step_ratio_per_round"])
         md.append(f"| {b} | {r['one_head_step_s']:.3f} | {r['six_head_step_s']:.3f} | {r['step_ratio_mean']:.3f}{spread} "
+                  f"| {per_round} "
                   f"| {r['flop_ratio']:.3f} | {r['step_over_flop_ratio']:.3f} | "
                   f"{r['trained_params'][1] / 1e6:.1f} / {r['trained_params'][6] / 1e6:.1f} |")
-    stem = os.path.join(ROOT, "benchmarks", "results", "search_batch" + ("-full" if args.full else ""))
+    stem = args.out or os.path.join(ROOT, "benchmarks", "results", "search_batch" + ("-full" if args.full else ""))
     atomic_write_text(stem + ".json", json.dumps(rec, indent=1))
     atomic_write_text(stem + ".md", "\n".join(md) + "\n")
     print("\n".join(md))

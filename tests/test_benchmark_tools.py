@@ -315,6 +315,22 @@ def test_search_batch_pairs_the_two_rows_of_each_round():
     assert rows[32]["step_ratio_std"] is None and rows[32]["step_over_flop_ratio"] == pytest.approx(1.0)
 
 
+def test_search_batch_writes_each_rounds_ratio_where_out_says(tmp_path, monkeypatch):
+    import json
+    import benchmarks.common as common
+    import benchmarks.search_batch as search_batch
+    measured = {8: {"times": {1: [1.0, 2.0], 6: [2.0, 3.0]}, "flops": {1: 10.0, 6: 15.0}, "params": {1: 5e6, 6: 50e6}}}
+    monkeypatch.setattr(search_batch, "measure", lambda *a, **k: measured)
+    monkeypatch.setattr(common, "machine_info", lambda: {})
+    monkeypatch.setattr(common, "machine_line", lambda m: "machine")
+    stem = tmp_path / "sb"
+    assert search_batch.main(["--full", "--batches", "8", "--rounds", "2", "--out", str(stem)]) == 0
+    md = (tmp_path / "sb.md").read_text()
+    assert "| 8 | 1.500 | 2.500 | 1.750 ± 0.354 | 2.000, 1.500 | 1.500 |" in md
+    assert "--rounds 2 --iters 3 --out " in md  # the command that reproduces it
+    assert json.loads((tmp_path / "sb.json").read_text())["rows"]["8"]["step_ratio_per_round"] == [2.0, 1.5]
+
+
 def test_summarize_gives_the_search_its_flop_ratio_and_says_when_the_goal_is_below_it(monkeypatch):
     import benchmarks.run as run
     monkeypatch.setattr(run, "machine_line", lambda m: "machine")
