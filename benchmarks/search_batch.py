@@ -10,7 +10,7 @@ shows as a ratio that falls toward the FLOP ratio as the batch grows.
     python benchmarks/search_batch.py                       # quick setting (ViT-T/4 @32), batches 8 32, 3 rounds
     python benchmarks/search_batch.py --full --batches 8 16 # ViT-S/16 @224
 
-Writes benchmarks/results/search_batch[-full].{json,md} with the machine facts.
+Writes benchmarks/results/search_batch[-full].{json,md} (or ``--out STEM``) with the machine facts.
 """
 import argparse
 import datetime
