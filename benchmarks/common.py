@@ -106,13 +106,22 @@ def torch_blas() -> dict:
             "torch_cpu_capability": vals.get("capability", "unknown")}
 
 
+def machine_slug(facts: dict, cores: int) -> str:
+    """A results file's machine name: the CPU's name, family and model, and the cores
+    (``amd-epyc-f25m17-2c``). The name alone is not enough: one "AMD EPYC" label has meant CPUs
+    whose GEMM speed differs 2x, and their results files must not overwrite each other."""
+    name = re.sub(r"[^a-z0-9]+", "-", facts["cpu"].lower()).strip("-")
+    family, model = facts.get("cpu_family", "unknown"), facts.get("cpu_model", "unknown")
+    fm = f"-f{family}m{model}" if str(family).isdigit() and str(model).isdigit() else ""
+    return f"{name}{fm}-{cores}c"
+
+
 def machine_info(probe_libraries: bool = True) -> dict:
     """CPU facts, cores, a file-name slug, Python, platform, load; with ``probe_libraries`` also the
     ISA oneDNN dispatches and torch's BLAS (each probed once per process, in a subprocess)."""
     facts = cpu_facts()
     cores = os.cpu_count() or 1
-    slug = re.sub(r"[^a-z0-9]+", "-", facts["cpu"].lower()).strip("-")
-    info = {**facts, "cores": cores, "slug": f"{slug}-{cores}c", "python": platform.python_version(),
+    info = {**facts, "cores": cores, "slug": machine_slug(facts, cores), "python": platform.python_version(),
             "platform": platform.platform(), "hostname": platform.node(),
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
     if probe_libraries:

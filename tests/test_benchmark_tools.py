@@ -44,6 +44,16 @@ def test_cpu_facts_read_the_first_cpu_and_its_widest_vector_isa():
     assert no512["isa_widest"] == "avx2" and no512["avx512"] is False
 
 
+def test_machine_slug_names_family_and_model_so_hosts_with_one_label_differ():
+    from benchmarks.common import cpu_facts, machine_slug
+    zen4 = cpu_facts(_CPUINFO)
+    zen3 = cpu_facts(_CPUINFO.replace("model\t\t: 17", "model\t\t: 1"))
+    assert machine_slug(zen4, 2) == "amd-epyc-f25m17-2c"
+    assert machine_slug(zen3, 2) == "amd-epyc-f25m1-2c"
+    unknown = cpu_facts("model name\t: Some CPU\nflags\t\t: avx2\n")
+    assert machine_slug(unknown, 4) == "some-cpu-4c"
+
+
 def test_onednn_isa_is_parsed_from_its_verbose_info_line():
     from benchmarks.common import parse_onednn_isa
     out = ("dnnl_verbose,info,oneDNN v2.2.0 (commit 269680b)\ndnnl_verbose,info,cpu,runtime:OpenMP\n"
