@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import machine_info, machine_line  # noqa: E402
+from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std  # noqa: E402
 from jhssl.fileio import atomic_write_text  # noqa: E402
 from models.head_archs import HEAD_ARCHS  # noqa: E402
 
@@ -485,6 +486,23 @@ def merge_rounds(rounds):
     return [best[k] for k in order]
 
 
+def round_medians(rounds):
+    """Per label, its median step time in each round (None where a round has no time): what the
+    per-round paired ratios are computed from (merge_rounds keeps only each label's best round)."""
+    out = {}
+    for results in rounds:
+        for r in results:
+            out.setdefault(r["label"], []).append(r["result"].get("median_s"))
+    return out
+
+
+def paired_ratios(meta, num_label, den_label):
+    """``den / num`` time ratios (a throughput ratio of ``num`` over ``den``), one per round in which
+    both labels ran: the same round's two measurements, so drift of the machine between rounds cancels."""
+    per = meta.get("round_medians") or {}
+    return [d / n for n, d in zip(per.get(num_label, []), per.get(den_label, [])) if n and d]
+
+
 def _fmt(x, nd=2):
     return "" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
@@ -668,6 +686,16 @@ def summarize(results, meta):
         md.append(f"| {name} | {_fmt(jf, 1)} | {_fmt(jp, 1)} | {_fmt(tt, 1)} | {_fmt(_ratio(jf, tt))} | "
                   f"{_fmt(fl / jt_s / 1e9 if fl and jt_s else None, 1)} | {_fmt(fl / t_s / 1e9 if fl and t_s else None, 1)} |")
 
+    paired = []
+    for name in ("ViT-T/4 @32 b64", "ViT-S/16 @224 b8"):
+        ratios = paired_ratios(meta, f"{name} jittor fast", f"{name} torch")
+        if len(ratios) > 1:
+            m, sd = mean_std(ratios)
+            paired.append(f"- {name}: Jittor fast / torch per round {', '.join(f'{x:.2f}' for x in ratios)}: "
+                          f"{format_mean_std(m, sd)}")
+    if paired:
+        md += ["", f"Paired per round (the table above keeps each row's best of {meta['rounds']} rounds; here each "
+               "round's Jittor run over the same round's torch run):", ""] + paired
     md += ["", "## ViT forward+backward+AdamW with bf16 products (img/s)", "",
            "Jittor: `amp: true` on the CPU (bf16 operands for the linear and attention GEMMs, fp32 "
            "tensors, jhssl/amp.py); torch: `torch.autocast('cpu', torch.bfloat16)` (bf16 products and "
@@ -746,7 +774,9 @@ def main(argv=None):
         "date": datetime.datetime.utcnow().strftime("%Y-%m-%d"),
         "time_utc": datetime.datetime.utcnow().strftime("%H:%M:%S"),
         "machine": machine_info(), "versions": versions(), "quick": args.quick,
-        "command": "python benchmarks/run.py" + (" --quick" if args.quick else ""),
+        # the command as typed (every option that shaped the run: --only, --rows, --rounds, --tag)
+        "command": "python benchmarks/run.py" + "".join(
+            " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "omp_wait_policy": args.omp_wait_policy if args.omp_wait_policy != "inherit"
         else os.environ.get("OMP_WAIT_POLICY", "unset"),
         "gpu": ("CUDA visible: GPU rows not implemented in this run" if gpu else
@@ -763,7 +793,6 @@ def main(argv=None):
         P = [p for p in P if re.search(args.only, p[0])]
     if args.rows:
         P = [p for p in P if re.search(args.rows, p[1])]
-        meta["command"] += f" --rows {args.rows!r}"
     if not P:
         raise SystemExit("no measurement matches --only/--rows")
     rounds = args.rounds or (1 if args.quick else 2)
@@ -781,6 +810,7 @@ def main(argv=None):
             print(f"[{time.time() - t0:6.0f}s] round {rnd + 1} {section:9s} {label:40s} {short}", flush=True)
         all_rounds.append(results)
     results = merge_rounds(all_rounds)
+    meta["round_medians"] = round_medians(all_rounds)
     meta["loadavg_end"] = os.getloadavg()
     figures, md = summarize(results, meta)
     meta["total_wall_s"] = time.time() - t0

@@ -118,6 +118,30 @@ def test_summarize_gives_each_method_its_flop_ratio_from_its_torch_twins(monkeyp
     assert "MAE: HSSL does" not in md
 
 
+def test_vit_rows_get_their_jittor_over_torch_ratio_paired_per_round(monkeypatch):
+    import benchmarks.run as run
+    monkeypatch.setattr(run, "machine_line", lambda m: "machine")
+    name = "ViT-T/4 @32 b64"
+
+    def round_of(jittor_s, torch_s):
+        return [{"section": "vit", "label": f"{name} jittor fast", "spec": {},
+                 "result": {"median_s": jittor_s, "img_per_s": 64 / jittor_s}},
+                {"section": "vit", "label": f"{name} torch", "spec": {},
+                 "result": {"median_s": torch_s, "img_per_s": 64 / torch_s, "flops": 1e9}}]
+
+    # the host slows down in round 2: best-of-rounds pairs round 1's Jittor with round 3's torch,
+    # the paired ratios keep each round's two runs together
+    rounds = [round_of(1.0, 1.2), round_of(2.0, 2.2), round_of(1.1, 1.1)]
+    meta = dict(_META, rounds=3, round_medians=run.round_medians(rounds))
+    assert meta["round_medians"][f"{name} torch"] == [1.2, 2.2, 1.1]
+    assert run.paired_ratios(meta, f"{name} jittor fast", f"{name} torch") == [1.2, 1.1, 1.0]
+    _, md = run.summarize(run.merge_rounds(rounds), meta)
+    assert f"| {name} | 64.0 |  | 58.2 | 1.10 |" in md  # best of rounds: 1.0 s vs 1.1 s
+    assert f"- {name}: Jittor fast / torch per round 1.20, 1.10, 1.00: 1.10 ± 0.10" in md
+    _, one_round = run.summarize(run.merge_rounds(rounds[:1]), dict(_META, round_medians=run.round_medians(rounds[:1])))
+    assert "Paired per round" not in one_round  # no spread from a single round
+
+
 def test_plan_has_a_torch_twin_row_per_method_and_setting():
     from benchmarks.run import plan
     for quick in (True, False):
