@@ -283,43 +283,53 @@ def _torch_twin(spec, name, views):
     return twins[name].from_config(_ssl_config(spec, name, views))
 
 
-def worker_ssl(spec):
+def jittor_ssl_step(spec):
+    """(step, optimizer) of an SSL row in Jittor: one training step (teacher forward, student forward
+    and backward, jhssl's AdamW, EMA) on the row's random crops and masks; ``benchmarks/op_profile.py``
+    profiles the same steps."""
     import numpy as np
     from jhssl.methods.registry import method_spec
     name = spec.get("method", "ibot")
     views = method_spec(name).views
     crops_np, masks_np = _ssl_inputs(spec, np, views)
+    jt = _jittor(spec["fast"])
+    from jhssl import perf
+    from jhssl.methods import build_model
+    from jhssl.optim import AdamW
+    perf.set_masked_projection(spec["masked"])
+    cfg = _ssl_config(spec, name, views)
+    if spec.get("search"):  # the quick search: candidates in parallel, own projections each (Eqs. 6-7)
+        from jhssl.search import build_search
+        method = build_search(cfg)
+    else:
+        method = build_model(cfg)
+    opt = AdamW(method.param_groups(), lr=5e-4, weight_decay=0.04)  # what jhssl.train uses
+    crops = [jt.array(c) for c in crops_np]
+    masks = [jt.array(m) for m in masks_np] or None
+
+    def step():
+        parts = method.compute_loss(crops, masks, 0)
+        opt.step(parts["loss"])
+        if method.teacher is not None:  # MAE has no teacher
+            method.ema_update(cfg.optim.momentum_teacher)
+    return step, opt
+
+
+def worker_ssl(spec):
+    import numpy as np
+    from jhssl.methods.registry import method_spec
+    name = spec.get("method", "ibot")
+    views = method_spec(name).views
     if spec["framework"] == "jittor":
-        jt = _jittor(spec["fast"])
-        from jhssl import perf
-        perf.set_masked_projection(spec["masked"])
-        try:
-            from jhssl.methods import build_model
-        except ImportError as exc:
-            return {"unavailable": f"jhssl.methods not available yet: {exc}"}
-        cfg = _ssl_config(spec, name, views)
-        if spec.get("search"):  # the quick search: candidates in parallel, own projections each (Eqs. 6-7)
-            from jhssl.search import build_search
-            method = build_search(cfg)
-        else:
-            method = build_model(cfg)
-        from jhssl.optim import AdamW
-        opt = AdamW(method.param_groups(), lr=5e-4, weight_decay=0.04)  # what jhssl.train uses
-        crops = [jt.array(c) for c in crops_np]
-        masks = [jt.array(m) for m in masks_np] or None
+        step, opt = jittor_ssl_step(spec)
+        import jittor as jt
         rss_built = _peak_rss_mb()
-
-        def step():
-            parts = method.compute_loss(crops, masks, 0)
-            opt.step(parts["loss"])
-            if method.teacher is not None:  # MAE has no teacher
-                method.ema_update(cfg.optim.momentum_teacher)
-
         counter = _JittorFlops(step)
         r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt), first_step=counter)
         r["flops"] = counter.flops
         r["n_params"] = sum(p.numel() for g in opt.param_groups for p in g["params"])
     else:
+        crops_np, masks_np = _ssl_inputs(spec, np, views)
         if spec["heads"] not in ([], ["convnext"]):
             return {"unavailable": "the torch twin has the ConvNext head only"}
         import torch

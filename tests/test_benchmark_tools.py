@@ -453,3 +453,62 @@ def test_json_worker_returns_the_last_json_line_and_names_what_failed(tmp_path):
     assert run_json_worker(str(script), {"fail": False, "x": 21}, 60, "the step") == {"got": 42}
     with pytest.raises(SystemExit, match=r"w.py: the step failed: boom: bad input"):
         run_json_worker(str(script), {"fail": True, "why": "bad input"}, 60, "the step")
+
+
+# ----------------------------------------------------------------------------- benchmarks/op_profile.py
+def test_op_profile_sorts_jittor_op_names_into_kinds():
+    from benchmarks.op_profile import op_kind
+    cases = {  # op names as Jittor's profiler reports them (JIT keys, shortened)
+        "mkl_matmul«T:float32«Trans_a:N«Trans_b:T«JIT:1«JIT_cpu:1": "GEMM (oneDNN products)",
+        "dnnl_bmm«T:float32«Trans_a:N«Trans_b:T«Bf16:0«Bias:0«JIT:1": "GEMM (oneDNN products)",
+        "cpu_attention_backward«T:float32«JIT:1": "attention, fused (short sequences)",
+        "mkl_conv«Tx:float32«Ty:float32«JIT:1": "convolution",
+        "cpu_dwconv_nhwc_grad_w«T:float32«JIT:1": "convolution",
+        "cpu_layer_norm_grad_wb«T:float32«BIAS:0«JIT:1": "LayerNorm",
+        "cpu_gelu_backward«T:float32«JIT:1": "GELU",
+        "cpu_softmax«T:float32«JIT:1": "softmax, cross-entropy",
+        "cpu_soft_cross_entropy_backward«T:float32«JIT:1": "softmax, cross-entropy",
+        'code«IN_SIZE:4«HEADER:«CODE:const float decay = data["decay"], b0 = data["b0"];': "AdamW update",
+        "«opkey0:fuse_transpose«Tx:float32«DIM=5«BC:1«JIT:1": "copies (transpose, index, concat)",
+        "setitem«OP:void«Td:float32«BMASK=2«JIT:1": "copies (transpose, index, concat)",
+        "«opkey0:reduce«Tx:float32«OP:add«DIM=3«REDUCE=3«JIT:1": "reductions (bias gradients, norms)",
+        "«opkey0:binary«Tx:float32«OP:multiply«opkey1:reduce«Tx:float32«OP:add«DIM=2«JIT:1":
+            "reductions (bias gradients, norms)",
+        "«opkey0:broadcast_to«Tx:float32«DIM=3«opkey1:binary«Tx:float32«OP:add«JIT:1": "elementwise (fused by Jittor)",
+    }
+    for name, kind in cases.items():
+        assert op_kind(name) == kind, name
+
+
+def test_op_profile_splits_a_real_step_and_bounds_its_speedup_by_the_gemm_time():
+    from benchmarks.op_profile import GEMM_KINDS, KINDS, render, target_figures, worker_jittor
+    spec = dict(kind="vit", arch="vit_tiny", patch=8, img=16, batch=2, label="tiny", warmup=0, iters=1, profiled=1)
+    res = worker_jittor(spec)
+    kinds = res["kinds"]
+    assert set(kinds) <= set(KINDS) and kinds["GEMM (oneDNN products)"]["ms"] > 0
+    # 12 blocks x (qkv, proj, fc1, fc2) linear layers: forward and two gradient products each
+    assert kinds["GEMM (oneDNN products)"]["ops"] >= 12 * 4 * 3
+    assert res["flops"] > 0 and res["gemm_peak_gflops"] > 0 and res["step_s"] > 0
+    assert 5.3e6 < res["n_params"] < 5.5e6  # ViT-T (5.38 M here): the parameters AdamW runs over
+    f = target_figures([{"jittor": res, "torch": {"step_s": 2 * res["step_s"]}}])
+    op_ms = sum(v["ms"] for v in kinds.values())
+    gemm_ms = sum(kinds[k]["ms"] for k in GEMM_KINDS if k in kinds)
+    assert f["gemm_share"][0] == pytest.approx(gemm_ms / op_ms) and 0 < f["gemm_share"][0] <= 1
+    assert f["max_speedup"][0] == pytest.approx(op_ms / gemm_ms) and f["max_speedup"][0] >= 1
+    assert f["jittor_over_torch"][0] == pytest.approx(2.0)
+    assert f["jittor_over_torch_ceiling"][0] == pytest.approx(2e3 * res["step_s"] / gemm_ms)
+    meta = dict(command="python benchmarks/op_profile.py", machine={}, loadavg_start=[0], loadavg_end=[0],
+                date="d", time_utc="t", rounds=1)
+    import benchmarks.op_profile as op_profile
+    op_profile.TARGETS["tiny"] = spec
+    try:
+        md = render(meta, {"tiny": f})
+    finally:
+        del op_profile.TARGETS["tiny"]
+    assert "| GEMM (oneDNN products) |" in md and "ceiling: Jittor / torch" in md
+
+
+def test_op_profile_names_an_unknown_target_before_measuring():
+    from benchmarks.op_profile import main
+    with pytest.raises(SystemExit, match="unknown target.*'vit-b16'.*choose from vit-t4, vit-s16, demo"):
+        main(["--targets", "vit-t4,vit-b16"])
