@@ -129,6 +129,68 @@ def test_fused_softmax_with_large_negative_mask():
 
 
 @needs_onednn
+def test_fused_softmax_of_a_fully_masked_row_is_nan_as_the_reference():
+    x = _randn(3, 8, seed=14)
+    x[1] = -np.inf
+    perf.set_fast_kernels(True)
+    y = attention.softmax_last(jt.array(x)).numpy()
+    assert np.isnan(y[1]).all() and np.isfinite(y[[0, 2]]).all()
+    np.testing.assert_allclose(y[[0, 2]].sum(-1), 1.0, rtol=1e-6)
+
+
+def _probs(shape, seed, scale=3.0):
+    z = _randn(*shape, seed=seed, scale=scale)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,scale", [((7, 8192), 10.0), ((2, 5, 33), 1.0), ((1, 1), 1.0), ((3, 4, 65), 60.0)])
+def test_soft_cross_entropy_matches_reference(shape, scale):
+    from models.layers.cross_entropy import soft_cross_entropy
+    p = _probs(shape, seed=15)
+    p[0] *= 0.5  # a target that does not sum to 1: sum(p) * logsumexp(s) - p.s, still the reference's value
+    _compare(lambda s: soft_cross_entropy(jt.array(p), s), [_randn(*shape, seed=16, scale=scale)])
+
+
+@needs_onednn
+def test_soft_cross_entropy_uses_the_fused_op_and_gives_the_target_no_gradient():
+    from models.layers.cross_entropy import soft_cross_entropy
+    p, s = jt.array(_probs((4, 50), seed=17)), jt.array(_randn(4, 50, seed=18))
+    calls = []
+    ops = kernels.cpu_ops()
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ops, name)
+
+    for fast in (True, False):
+        perf.set_fast_kernels(fast)
+        original = kernels.enabled_cpu_ops
+        kernels.enabled_cpu_ops = lambda: Spy() if perf.fast_kernels_enabled() else None
+        try:
+            loss = soft_cross_entropy(p, s).sum()
+        finally:
+            kernels.enabled_cpu_ops = original
+        gp, gs = jt.grad(loss, [p, s])
+        assert np.abs(gp.numpy()).max() == 0 and np.abs(gs.numpy()).max() > 0
+    assert calls == ["cpu_soft_cross_entropy"]  # the fast path once, the plain path never
+    with pytest.raises(ValueError, match=r"target \(4, 50\) and logits \(4, 49\)"):
+        soft_cross_entropy(p, s[:, :49])
+
+
+@needs_onednn
+def test_soft_cross_entropy_of_nan_logits_is_nan():
+    from models.layers.cross_entropy import soft_cross_entropy
+    s = _randn(2, 16, seed=19)
+    s[0, 3] = np.nan
+    perf.set_fast_kernels(True)
+    out = soft_cross_entropy(jt.array(_probs((2, 16), seed=20)), jt.array(s)).numpy()
+    assert np.isnan(out[0]) and np.isfinite(out[1])
+
+
+@needs_onednn
 @pytest.mark.parametrize("B,H,N,M,D", [(2, 3, 17, 17, 8), (1, 2, 5, 9, 4), (3, 1, 65, 65, 16)])
 def test_sdpa_matches_reference(B, H, N, M, D):
     q, k, v = _randn(B, H, N, D, seed=11), _randn(B, H, M, D, seed=12), _randn(B, H, M, D, seed=13)

@@ -90,6 +90,35 @@ def test_hssl_loss_matches_numpy_eqs_1_2(epoch):
         np.testing.assert_allclose(out[k].item(), ref[k], rtol=2e-5, atol=2e-5, err_msg=k)
 
 
+def test_hssl_loss_gradients_are_the_same_with_the_fused_cpu_kernels():
+    """The fused softmax / soft cross-entropy ops (fast kernels) against Jittor's plain ops: every
+    term and the gradient of the total with respect to each student output, to 1e-4."""
+    from jhssl import perf
+    d = _fixed_inputs()
+    K = d["t_cls"].shape[1]
+
+    def terms_and_grads():
+        L = _loss_module(K)
+        L.center.update(jt.array(d["center"].astype(np.float32)))
+        L.center_patch.update(jt.array(d["center_p"].astype(np.float32)))
+        s_cls, s_patch = _jt(d["s_cls"]), _jt(d["s_patch"])
+        out = L(s_cls, s_patch, jt.array(d["t_cls"].astype(np.float32)),
+                jt.array(d["t_patch"].astype(np.float32)), [jt.array(m) for m in d["masks"]], 1)
+        grads = jt.grad(out["loss"], list(s_cls.values()) + list(s_patch.values()))
+        return {k: v.item() for k, v in out.items()}, [g.numpy() for g in grads]
+
+    with perf.fast_kernels(True):
+        terms_fast, grads_fast = terms_and_grads()
+    with perf.fast_kernels(False):
+        terms_ref, grads_ref = terms_and_grads()
+    assert terms_fast.keys() == terms_ref.keys()
+    for k in terms_ref:
+        np.testing.assert_allclose(terms_fast[k], terms_ref[k], rtol=1e-4, atol=1e-4, err_msg=k)
+    for gf, gr in zip(grads_fast, grads_ref):
+        assert np.abs(gr).max() > 0
+        np.testing.assert_allclose(gf, gr, rtol=1e-4, atol=1e-4)
+
+
 def test_centers_update_with_momentum_over_teacher_targets():
     d = _fixed_inputs(1)
     K = d["t_cls"].shape[1]

@@ -37,13 +37,20 @@ from jittor import nn
 
 from jhssl import amp, dist, monitors
 from jhssl.schedules import teacher_temp_schedule
+from models.layers.attention import softmax_last
+from models.layers.cross_entropy import soft_cross_entropy
 
 from .masked_rows import MaskedRows
 
 
 def _cross_entropy(teacher_probs, student_logits):
-    """Per-row ``-sum_k p_k log softmax(s)_k`` over the last axis."""
-    return -(teacher_probs * nn.log_softmax(student_logits, dim=-1)).sum(dim=-1)
+    """Per-row ``-sum_k p_k log softmax(s)_k`` over the last axis (one fused op each way on the CPU)."""
+    return soft_cross_entropy(teacher_probs, student_logits)
+
+
+def _teacher_probs(logits, center, temp):
+    """``softmax((t - c) / T)`` over the prototypes, no gradient (the fused row softmax on the CPU)."""
+    return softmax_last((logits - center) / temp).detach()
 
 
 class SelfDistillationLoss(nn.Module):
@@ -124,7 +131,7 @@ class SelfDistillationLoss(nn.Module):
             student_cls, student_patch, teacher_cls, teacher_patch, teacher_patch_mean)
         temp, patch_temp = self._temps(epoch)
         teacher_cls = teacher_cls.detach()
-        t_cls = nn.softmax((teacher_cls - self.center) / temp, dim=-1).detach()
+        t_cls = _teacher_probs(teacher_cls, self.center, temp)
         t_cls_chunks = t_cls.chunk(self.n_global, dim=0)
 
         parts = {}
@@ -155,7 +162,7 @@ class SelfDistillationLoss(nn.Module):
                 teacher_patch = rows.take(teacher_patch)
                 student_patch = {name: rows.take(logits) for name, logits in student_patch.items()}
             center = self.center_patch.reshape((1, -1))
-            t_patch = nn.softmax((teacher_patch - center) / patch_temp, dim=-1).detach()
+            t_patch = _teacher_probs(teacher_patch, center, patch_temp)
             patch_sum = 0.0
             for name, logits in student_patch.items():
                 parts["patch_" + name] = self.patch_term(t_patch, logits, rows)

@@ -29,11 +29,14 @@ _OP_FILES = ("dnnl_bmm_op.h", "dnnl_bmm_op.cc", "cpu_softmax_op.h", "cpu_softmax
              "cpu_dwconv_nhwc_grad_w_op.h", "cpu_dwconv_nhwc_grad_w_op.cc",
              "cpu_attention_op.h", "cpu_attention_op.cc",
              "cpu_attention_backward_op.h", "cpu_attention_backward_op.cc",
+             "cpu_soft_cross_entropy_op.h", "cpu_soft_cross_entropy_op.cc",
+             "cpu_soft_cross_entropy_backward_op.h", "cpu_soft_cross_entropy_backward_op.cc",
              "cpu_row_stats.h",   # shared by the three LayerNorm ops (not an op itself)
              "cpu_gelu_math.h",   # shared by the two GELU ops
              "cpu_dwconv_nhwc.h",  # shared by the depthwise-conv ops
              "cpu_attention.h",    # shared by the two attention ops
-             "cpu_exp.h")          # e^z for z <= 0: GELU and the attention softmax
+             "cpu_soft_cross_entropy.h",  # shared by the two soft-target cross-entropy ops
+             "cpu_exp.h")          # e^z for z <= 0: GELU, the attention softmax, the cross-entropy
 _lock = threading.Lock()
 _ops = None
 _failed = False
