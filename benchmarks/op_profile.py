@@ -25,7 +25,9 @@ report gives the GEMM rate, and two ceilings no kernel work on the rest can pass
 Targets: ``vit-t4`` (ViT-T/4 at 32 px, batch 64) and ``vit-s16`` (ViT-S/16 at 224 px, batch 8), the
 forward + backward + AdamW steps of ``benchmarks/run.py``'s ViT rows; ``demo``: one iteration of
 ``configs/demo.yaml`` in fp32 as ``jhssl.train`` runs it (iBOT + HSSL loss, backward, per-parameter
-clipping, AdamW, EMA) on random crops and masks of the recipe's shapes; ``baseline-quick``,
+clipping, AdamW, EMA) on random crops and masks of the recipe's shapes, ``demo-amp`` the same in the
+recipe's own precision (``amp: true``: bf16 products where the CPU has AVX512_BF16/AMX, else fp32, as
+the report's Precision line says); ``baseline-quick``,
 ``hssl-quick``, ``search1-quick``, ``search6-quick``: ``benchmarks/run.py``'s iBOT rows at its quick
 setting (the same step function). Each measurement runs in a fresh process. Writes
 ``<out>-<machine>.json`` and ``.md``.
@@ -51,6 +53,8 @@ TARGETS = {
     "vit-t4": dict(kind="vit", arch="vit_tiny", patch=4, img=32, batch=64, label="ViT-T/4 @32 b64"),
     "vit-s16": dict(kind="vit", arch="vit_small", patch=16, img=224, batch=8, label="ViT-S/16 @224 b8"),
     "demo": dict(kind="demo", config="configs/demo.yaml", label="demo step (configs/demo.yaml, fp32)"),
+    # the recipe's own precision (amp: true): bf16 products where the CPU has bf16, else fp32 (the report says)
+    "demo-amp": dict(kind="demo", config="configs/demo.yaml", amp=True, label="demo step (configs/demo.yaml, its amp)"),
     # benchmarks/run.py's iBOT rows at its quick setting (ViT-T/4 @32, 2+2 crops, batch 8)
     "baseline-quick": dict(kind="ssl", row="baseline jittor", label="iBOT baseline step (run.py --quick row)"),
     "hssl-quick": dict(kind="ssl", row="hssl-convnext jittor", label="iBOT + HSSL step, ConvNext head (run.py --quick row)"),
@@ -122,7 +126,7 @@ def _jittor_vit_step(spec, jt):
     def step():
         out = model.forward_features(x)
         opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
-    return step, opt
+    return step, opt, "fp32"
 
 
 def _jittor_demo_step(spec, jt):
@@ -130,10 +134,12 @@ def _jittor_demo_step(spec, jt):
     from jhssl.config import load_config
     from jhssl.methods import build_model
     from jhssl.optim import AdamW, clip_gradients
-    cfg = load_config(os.path.join(ROOT, spec["config"]), ["amp=false"])
+    from jhssl.amp import Precision
+    cfg = load_config(os.path.join(ROOT, spec["config"]), [] if spec.get("amp") else ["amp=false"])
+    precision = Precision.from_config(cfg, on_cuda=False)
     jt.set_global_seed(cfg.seed)
     method = build_model(cfg)
-    opt = AdamW(method.param_groups(), lr=cfg.optim.lr, weight_decay=0.04)
+    opt = precision.attach(AdamW(method.param_groups(), lr=cfg.optim.lr, weight_decay=0.04))
     rng = np.random.RandomState(0)
     b, g, loc = cfg.batch_size, cfg.data.global_crop_size, cfg.data.local_crop_size
     crops = [jt.array(rng.randn(b, 3, g, g).astype("float32")) for _ in range(2)]
@@ -142,19 +148,20 @@ def _jittor_demo_step(spec, jt):
     masks = [jt.array(rng.rand(b, grid, grid) < 0.15) for _ in range(2)]  # iBOT's mean ratio 0.15
 
     def step():
-        parts = method.compute_loss(crops, masks, 0)
+        with precision.autocast():
+            parts = method.compute_loss(crops, masks, 0)
         opt.backward(parts["loss"])
         if cfg.optim.clip_grad:
             clip_gradients(opt, cfg.optim.clip_grad)
         opt.step()
         method.ema_update(cfg.optim.momentum_teacher)
-    return step, opt
+    return step, opt, precision.describe()
 
 
 def _jittor_ssl_step(spec, jt):
     from benchmarks.run import jittor_ssl_step, plan
     row = next(s for _, label, s in plan(True) if label == spec["row"])
-    return jittor_ssl_step(row)
+    return (*jittor_ssl_step(row), "fp32")
 
 
 def worker_jittor(spec):
@@ -162,7 +169,7 @@ def worker_jittor(spec):
     import jittor as jt
     from benchmarks.jittor_flops import JittorFlops
     build = {"vit": _jittor_vit_step, "demo": _jittor_demo_step, "ssl": _jittor_ssl_step}[spec["kind"]]
-    step, opt = build(spec, jt)
+    step, opt, precision = build(spec, jt)
 
     def synced():
         step()
@@ -186,7 +193,7 @@ def worker_jittor(spec):
         gemm_s.append(time.perf_counter() - t)
     return {"step_s": step_s, "flops": fc.step_flops, "kinds": summarize_profile(report, spec["profiled"]),
             "gemm_peak_gflops": 2 * n ** 3 / min(gemm_s) / 1e9,
-            "n_params": sum(p.numel() for g in opt.param_groups for p in g["params"])}
+            "n_params": sum(p.numel() for g in opt.param_groups for p in g["params"]), "precision": precision}
 
 
 def worker_torch(spec):
@@ -239,6 +246,7 @@ def target_figures(rounds):
     figures = {k: mean_std(v) for k, v in per.items()}
     figures["flops"] = rounds[0]["jittor"]["flops"]
     figures["n_params"] = rounds[0]["jittor"].get("n_params")
+    figures["precision"] = rounds[0]["jittor"].get("precision", "fp32")
     figures["kinds"] = {k: {"ms": mean_std(v["ms"]), "ops": mean_std(v["ops"])} for k, v in kinds.items()}
     figures["per_round"] = dict(per)
     return figures
@@ -256,7 +264,8 @@ def render(meta, figures) -> str:
         t = TARGETS[name]
         fm = lambda key, d=2: format_mean_std(*f[key], digits=d) if key in f else "–"  # noqa: E731
         lines += [f"## {t['label']}", "",
-                  f"Step {fm('step_ms', 0)} ms (ops under the profiler {fm('op_ms', 0)} ms); "
+                  f"Precision: {f.get('precision', 'fp32')}. Step {fm('step_ms', 0)} ms (ops under the profiler "
+                  f"{fm('op_ms', 0)} ms); "
                   f"{f['flops'] / 1e9:.1f} GFLOP of products and convolutions"
                   + (f"; {f['n_params'] / 1e6:.1f} M trained parameters (AdamW, EMA and norms run over each every "
                      "step)" if f.get("n_params") else "") + ".", "",

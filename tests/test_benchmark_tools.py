@@ -512,3 +512,15 @@ def test_op_profile_names_an_unknown_target_before_measuring():
     from benchmarks.op_profile import main
     with pytest.raises(SystemExit, match="unknown target.*'vit-b16'.*choose from vit-t4, vit-s16, demo"):
         main(["--targets", "vit-t4,vit-b16"])
+
+
+def test_op_profile_demo_amp_takes_the_recipes_precision_and_says_which(monkeypatch):
+    import jittor as jt
+    import jhssl.amp as amp
+    from benchmarks.op_profile import TARGETS, _jittor_demo_step
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: True)
+    assert _jittor_demo_step(TARGETS["demo-amp"], jt)[2].startswith("bf16 linear/attention products")
+    assert _jittor_demo_step(TARGETS["demo"], jt)[2] == "fp32"  # the demo target overrides amp=false
+    monkeypatch.setattr(amp, "cpu_has_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="no bf16 instructions"):
+        assert _jittor_demo_step(TARGETS["demo-amp"], jt)[2] == "fp32"
