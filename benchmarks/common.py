@@ -169,6 +169,16 @@ def format_mean_std(mean, std, digits=2, sign=""):
     return f"{mean:{sign}.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def write_results(stem: str, record: dict, md: str) -> None:
+    """A benchmark's results: ``<stem>.json`` (everything measured) and ``<stem>.md`` (the report), each
+    written atomically (never half a file); prints the report and where it went."""
+    from jhssl.fileio import atomic_write_text
+    atomic_write_text(stem + ".json", json.dumps(record, indent=1))
+    atomic_write_text(stem + ".md", md if md.endswith("\n") else md + "\n")
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
 def run_json_worker(script: str, payload, timeout: float, what: str) -> dict:
     """``python <script> --worker <payload as JSON>`` in a fresh process (its own peak RSS, its own
     Jittor state); returns the dict it prints as its last JSON line. A failure ends the benchmark with

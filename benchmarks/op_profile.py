@@ -46,8 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std, run_json_worker  # noqa: E402
-from jhssl.fileio import atomic_write_text  # noqa: E402
+from benchmarks.common import (format_mean_std, machine_info, machine_line, mean_std, run_json_worker,  # noqa: E402
+                               write_results)
 
 TARGETS = {
     "vit-t4": dict(kind="vit", arch="vit_tiny", patch=4, img=32, batch=64, label="ViT-T/4 @32 b64"),
@@ -334,10 +334,7 @@ def main(argv=None):
     figures = {name: target_figures(raw[name]) for name in names}
     md = render(meta, figures)
     stem = f"{args.out}-{meta['machine']['slug']}"
-    atomic_write_text(stem + ".json", json.dumps({"meta": meta, "figures": figures, "raw": raw}, indent=1))
-    atomic_write_text(stem + ".md", md)
-    print(md)
-    print(f"wrote {stem}.json and {stem}.md")
+    write_results(stem, {"meta": meta, "figures": figures, "raw": raw}, md)
 
 
 if __name__ == "__main__":

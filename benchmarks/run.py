@@ -46,7 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std  # noqa: E402
+from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std, write_results  # noqa: E402
 from jhssl.fileio import atomic_write_text  # noqa: E402
 from models.head_archs import HEAD_ARCHS  # noqa: E402
 
@@ -826,10 +826,7 @@ def main(argv=None):
     meta["total_wall_s"] = time.time() - t0
     stem = os.path.join(args.out, f"{meta['date']}-{meta['machine']['slug']}" + ("-quick" if args.quick else "")
                         + (f"-{args.tag}" if args.tag else ""))
-    atomic_write_text(stem + ".json", json.dumps({"meta": meta, "figures": figures, "results": results}, indent=1))
-    atomic_write_text(stem + ".md", md)
-    print(md)
-    print(f"wrote {stem}.json and {stem}.md")
+    write_results(stem, {"meta": meta, "figures": figures, "results": results}, md)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Writes benchmarks/results/search_batch[-full].{json,md} (or ``--out STEM``) with
 """
 import argparse
 import datetime
-import json
 import os
 import sys
 
@@ -69,8 +68,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.rounds < 1 or args.iters < 1 or any(b < 1 for b in args.batches):
         p.error("--rounds, --iters and every batch must be at least 1")
-    from benchmarks.common import machine_info, machine_line
-    from jhssl.fileio import atomic_write_text
+    from benchmarks.common import machine_info, machine_line, write_results
     machine = machine_info()
     load_start = os.getloadavg()
     rows = summarize(measure(not args.full, args.batches, args.rounds, args.iters))
@@ -98,9 +96,7 @@ def main(argv=None):
                   f"| {r['flop_ratio']:.3f} | {r['step_over_flop_ratio']:.3f} | "
                   f"{r['trained_params'][1] / 1e6:.1f} / {r['trained_params'][6] / 1e6:.1f} |")
     stem = args.out or os.path.join(ROOT, "benchmarks", "results", "search_batch" + ("-full" if args.full else ""))
-    atomic_write_text(stem + ".json", json.dumps(rec, indent=1))
-    atomic_write_text(stem + ".md", "\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(stem, rec, "\n".join(md) + "\n")
     return 0
 
 
