@@ -1,7 +1,8 @@
 """Kernel switches of the models (``models/layers``).
 
 * ``fast_kernels``: the fast custom kernels (oneDNN batched GEMM for attention on the CPU, cuBLAS
-  batched GEMM on the GPU, the fused softmax and LayerNorm, the one-pass AdamW update on the CPU).
+  batched GEMM on the GPU, the fused softmax, LayerNorm, GELU and DINO / iBOT cross-entropy, the
+  one-pass AdamW update on the CPU).
   On by default; environment ``JHSSL_FAST_KERNELS=0`` turns it off, to compare against the plain
   Jittor path or to rule the kernels out while debugging.
 * ``bf16_products``: linear layers and attention products round their operands to bfloat16 inside
