@@ -524,3 +524,16 @@ def test_op_profile_demo_amp_takes_the_recipes_precision_and_says_which(monkeypa
     monkeypatch.setattr(amp, "cpu_has_bf16", lambda: False)
     with pytest.warns(RuntimeWarning, match="no bf16 instructions"):
         assert _jittor_demo_step(TARGETS["demo-amp"], jt)[2] == "fp32"
+
+
+def test_fused_loss_ab_builds_each_variant_with_its_own_switch():
+    from jhssl import perf
+    from benchmarks.fused_loss_ab import _built_with_fast_kernels, main
+    seen = []
+    plain = _built_with_fast_kernels(lambda: seen.append(perf.fast_kernels_enabled()), False, perf)
+    with perf.fast_kernels(True):
+        plain()
+        assert perf.fast_kernels_enabled()  # restored after the loss is built
+    assert seen == [False]
+    with pytest.raises(SystemExit, match="targets must be among .*hssl-quick.*got 'vit-t4'"):
+        main(["--targets", "vit-t4"])
