@@ -169,6 +169,19 @@ def format_mean_std(mean, std, digits=2, sign=""):
     return f"{mean:{sign}.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
+def typed_command(script: str, argv=None) -> str:
+    """``python <script> <arguments>`` as typed (``argv``: main's own arguments, else ``sys.argv``): a
+    results file records every option that shaped its run."""
+    import shlex
+    args = sys.argv[1:] if argv is None else argv
+    return f"python {script}" + "".join(" " + shlex.quote(a) for a in args)
+
+
+def n_trained_params(optimizer) -> int:
+    """Parameters an optimizer updates (AdamW, the EMA and clipping run over each every step)."""
+    return sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+
+
 def write_results(stem: str, record: dict, md: str) -> None:
     """A benchmark's results: ``<stem>.json`` (everything measured) and ``<stem>.md`` (the report), each
     written atomically (never half a file); prints the report and where it went."""

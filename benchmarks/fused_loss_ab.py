@@ -12,22 +12,23 @@ host drift cancels in the per-round ratio. Writes ``<out>-<machine>.json`` and `
 import argparse
 import datetime
 import os
-import shlex
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std, write_results  # noqa: E402
+from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std, typed_command, write_results  # noqa: E402
 from benchmarks.op_profile import TARGETS  # noqa: E402
 
 LOSS_TARGETS = [name for name, t in TARGETS.items() if t["kind"] in ("ssl", "demo")]
 
 
-def _built_with_fast_kernels(fn, enabled, perf):
+def _built_with_fast_kernels(fn, enabled):
+    """``fn`` whose graph is built with the fast kernels on or off (the switch is read at build time)."""
+    from jhssl import perf
+
     def wrapped(*args):
         with perf.fast_kernels(enabled):
             return fn(*args)
@@ -37,24 +38,18 @@ def _built_with_fast_kernels(fn, enabled, perf):
 def measure(name, rounds, iters):
     import jhssl  # noqa: F401  (bootstrap before jittor)
     import jittor as jt
-    from jhssl import perf
     import jhssl.methods.losses as losses
     from benchmarks.op_profile import _jittor_demo_step, _jittor_ssl_step
+    from benchmarks.run import _time_steps
     spec = TARGETS[name]
     step = (_jittor_demo_step if spec["kind"] == "demo" else _jittor_ssl_step)(spec, jt)[0]
-    originals = losses._cross_entropy, losses._teacher_probs
-    variants = {v: tuple(_built_with_fast_kernels(f, v == "fused", perf) for f in originals)
+    originals = losses.soft_cross_entropy, losses._teacher_probs
+    variants = {v: tuple(_built_with_fast_kernels(f, v == "fused") for f in originals)
                 for v in ("plain", "fused")}
 
     def timed(variant, n):
-        losses._cross_entropy, losses._teacher_probs = variants[variant]
-        times = []
-        for _ in range(n):
-            t = time.perf_counter()
-            step()
-            jt.sync_all(True)
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
+        losses.soft_cross_entropy, losses._teacher_probs = variants[variant]
+        return _time_steps(step, 0, n, lambda: jt.sync_all(True))["median_s"]
 
     try:
         for v in variants:  # compile both graphs
@@ -65,7 +60,7 @@ def measure(name, rounds, iters):
             per_round.append({"plain_s": plain, "fused_s": fused, "speedup": plain / fused})
             print(f"{name}: plain {plain:.3f} s, fused {fused:.3f} s, {plain / fused:.3f}x", flush=True)
     finally:
-        losses._cross_entropy, losses._teacher_probs = originals
+        losses.soft_cross_entropy, losses._teacher_probs = originals
     return per_round
 
 
@@ -84,8 +79,7 @@ def main(argv=None):
         raise SystemExit("fused_loss_ab: --rounds must be at least 2 (a spread) and --iters at least 1")
     machine = machine_info()
     meta = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), "machine": machine,
-            "command": "python benchmarks/fused_loss_ab.py" + "".join(
-                " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+            "command": typed_command("benchmarks/fused_loss_ab.py", argv),
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     results = {name: measure(name, args.rounds, args.iters) for name in names}  # one process: one target's
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]                 # graphs stay small enough

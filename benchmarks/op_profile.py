@@ -37,8 +37,6 @@ import collections
 import datetime
 import json
 import os
-import shlex
-import statistics
 import sys
 import time
 
@@ -46,8 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import (format_mean_std, machine_info, machine_line, mean_std, run_json_worker,  # noqa: E402
-                               write_results)
+from benchmarks.common import (format_mean_std, machine_info, machine_line, mean_std, n_trained_params,  # noqa: E402
+                               run_json_worker, typed_command, write_results)
 
 TARGETS = {
     "vit-t4": dict(kind="vit", arch="vit_tiny", patch=4, img=32, batch=64, label="ViT-T/4 @32 b64"),
@@ -76,7 +74,7 @@ def op_kind(name: str) -> str:
         return "attention, fused (short sequences)"
     if "conv" in head:
         return "convolution"
-    if head.startswith("cpu_layer_norm") or head.startswith("cuda_layer_norm"):
+    if head.startswith(("cpu_layer_norm", "cuda_layer_norm")):
         return "LayerNorm"
     if head.startswith("cpu_gelu"):
         return "GELU"
@@ -106,15 +104,6 @@ def summarize_profile(report, steps: int) -> dict:
 
 
 # ============================================================================ worker side
-def _median_time(step, iters):
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def _jittor_vit_step(spec, jt):
     import models
     import models.vit  # noqa: F401  (registers the ViTs)
@@ -168,6 +157,7 @@ def worker_jittor(spec):
     import jhssl  # noqa: F401  (bootstrap before jittor)
     import jittor as jt
     from benchmarks.jittor_flops import JittorFlops
+    from benchmarks.run import _time_steps
     build = {"vit": _jittor_vit_step, "demo": _jittor_demo_step, "ssl": _jittor_ssl_step}[spec["kind"]]
     step, opt, precision = build(spec, jt)
 
@@ -179,7 +169,7 @@ def worker_jittor(spec):
         synced()
     for _ in range(spec["warmup"]):
         synced()
-    step_s = _median_time(synced, spec["iters"])
+    step_s = _time_steps(synced, 0, spec["iters"], lambda: None)["median_s"]
     with jt.profile_scope(0, 0) as report:
         for _ in range(spec["profiled"]):
             synced()
@@ -193,11 +183,12 @@ def worker_jittor(spec):
         gemm_s.append(time.perf_counter() - t)
     return {"step_s": step_s, "flops": fc.step_flops, "kinds": summarize_profile(report, spec["profiled"]),
             "gemm_peak_gflops": 2 * n ** 3 / min(gemm_s) / 1e9,
-            "n_params": sum(p.numel() for g in opt.param_groups for p in g["params"]), "precision": precision}
+            "n_params": n_trained_params(opt), "precision": precision}
 
 
 def worker_torch(spec):
     import torch
+    from benchmarks.run import _time_steps
     from benchmarks.torch_models import ViT
     torch.manual_seed(0)
     model = ViT(spec["arch"], spec["patch"], spec["img"])
@@ -211,9 +202,7 @@ def worker_torch(spec):
         loss.backward()
         opt.step()
 
-    for _ in range(spec["warmup"] + 1):
-        step()
-    return {"step_s": _median_time(step, spec["iters"])}
+    return {"step_s": _time_steps(step, spec["warmup"] + 1, spec["iters"], lambda: None)["median_s"]}
 
 
 # ============================================================================ report
@@ -316,8 +305,7 @@ def main(argv=None):
         raise SystemExit("op_profile: --rounds, --iters and --profiled must be at least 1, --warmup at least 0")
     meta = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d"),
             "time_utc": datetime.datetime.utcnow().strftime("%H:%M"),
-            "command": "python benchmarks/op_profile.py" + "".join(
-                " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+            "command": typed_command("benchmarks/op_profile.py", argv),
             "machine": machine_info(), "rounds": args.rounds, "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     timing = dict(warmup=args.warmup, iters=args.iters, profiled=args.profiled)
     raw = {name: [] for name in names}

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -46,7 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.common import format_mean_std, machine_info, machine_line, mean_std, write_results  # noqa: E402
+from benchmarks.common import (format_mean_std, machine_info, machine_line, mean_std, n_trained_params,  # noqa: E402
+                               typed_command, write_results)
 from jhssl.fileio import atomic_write_text  # noqa: E402
 from models.head_archs import HEAD_ARCHS  # noqa: E402
 
@@ -316,10 +316,6 @@ def jittor_ssl_step(spec):
 
 
 def worker_ssl(spec):
-    import numpy as np
-    from jhssl.methods.registry import method_spec
-    name = spec.get("method", "ibot")
-    views = method_spec(name).views
     if spec["framework"] == "jittor":
         step, opt = jittor_ssl_step(spec)
         import jittor as jt
@@ -327,11 +323,15 @@ def worker_ssl(spec):
         counter = _JittorFlops(step)
         r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt), first_step=counter)
         r["flops"] = counter.flops
-        r["n_params"] = sum(p.numel() for g in opt.param_groups for p in g["params"])
+        r["n_params"] = n_trained_params(opt)
     else:
-        crops_np, masks_np = _ssl_inputs(spec, np, views)
         if spec["heads"] not in ([], ["convnext"]):
             return {"unavailable": "the torch twin has the ConvNext head only"}
+        import numpy as np
+        from jhssl.methods.registry import method_spec
+        name = spec.get("method", "ibot")
+        views = method_spec(name).views
+        crops_np, masks_np = _ssl_inputs(spec, np, views)
         import torch
         torch.manual_seed(0)
         model = _torch_twin(spec, name, views)
@@ -785,8 +785,7 @@ def main(argv=None):
         "time_utc": datetime.datetime.utcnow().strftime("%H:%M:%S"),
         "machine": machine_info(), "versions": versions(), "quick": args.quick,
         # the command as typed (every option that shaped the run: --only, --rows, --rounds, --tag)
-        "command": "python benchmarks/run.py" + "".join(
-            " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "command": typed_command("benchmarks/run.py", argv),
         "omp_wait_policy": args.omp_wait_policy if args.omp_wait_policy != "inherit"
         else os.environ.get("OMP_WAIT_POLICY", "unset"),
         "gpu": ("CUDA visible: GPU rows not implemented in this run" if gpu else

@@ -530,7 +530,7 @@ def test_fused_loss_ab_builds_each_variant_with_its_own_switch():
     from jhssl import perf
     from benchmarks.fused_loss_ab import _built_with_fast_kernels, main
     seen = []
-    plain = _built_with_fast_kernels(lambda: seen.append(perf.fast_kernels_enabled()), False, perf)
+    plain = _built_with_fast_kernels(lambda: seen.append(perf.fast_kernels_enabled()), False)
     with perf.fast_kernels(True):
         plain()
         assert perf.fast_kernels_enabled()  # restored after the loss is built

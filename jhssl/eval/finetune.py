@@ -32,6 +32,7 @@ from jittor import nn
 from jhssl import checkpoint as ckpt_lib
 from jhssl import dist
 from jhssl.eval.common import topk_accuracy
+from models.layers.cross_entropy import soft_cross_entropy
 
 __all__ = ["FinetuneClassifier", "vit_layer_id", "layer_decay_param_groups", "soft_target_cross_entropy",
            "finetune"]
@@ -108,7 +109,8 @@ def layer_decay_param_groups(model: FinetuneClassifier, layer_decay: float, weig
 
 
 def soft_target_cross_entropy(logits, target):
-    return (-target * nn.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    """timm's SoftTargetCrossEntropy (mixup / cutmix / label-smoothing targets): the batch mean."""
+    return soft_cross_entropy(target, logits).mean()
 
 
 def _build(ecfg, pcfg, ckpt, num_classes):

@@ -43,11 +43,6 @@ from models.layers.cross_entropy import soft_cross_entropy
 from .masked_rows import MaskedRows
 
 
-def _cross_entropy(teacher_probs, student_logits):
-    """Per-row ``-sum_k p_k log softmax(s)_k`` over the last axis (one fused op each way on the CPU)."""
-    return soft_cross_entropy(teacher_probs, student_logits)
-
-
 def _teacher_probs(logits, center, temp):
     """``softmax((t - c) / T)`` over the prototypes, no gradient (the fused row softmax on the CPU)."""
     return softmax_last((logits - center) / temp).detach()
@@ -108,7 +103,7 @@ class SelfDistillationLoss(nn.Module):
             for v, s in enumerate(chunks):
                 if v == q:
                     continue
-                total = total + _cross_entropy(t, s).mean()
+                total = total + soft_cross_entropy(t, s).mean()
                 n += 1
         if n == 0:
             raise ValueError("DINO/iBOT CLS loss needs at least two crops (one teacher, one other student view)")
@@ -119,7 +114,7 @@ class SelfDistillationLoss(nn.Module):
         if student_logits.shape[0] != rows.weight.shape[0]:
             raise ValueError(f"student patch output has {student_logits.shape[0]} rows but "
                              f"{rows.weight.shape[0]} tokens are masked")
-        return (_cross_entropy(teacher_probs, student_logits / self.student_temp) * rows.weight).sum()
+        return (soft_cross_entropy(teacher_probs, student_logits / self.student_temp) * rows.weight).sum()
 
     def execute(self, student_cls, student_patch, teacher_cls, teacher_patch, masks, epoch,
                 teacher_patch_mean=None):
