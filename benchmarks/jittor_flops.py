@@ -9,7 +9,7 @@ else (no elementwise work, no softmax, no norms). The Python entry points every 
 reaches them through are wrapped while the counter is active: ``jittor.nn.matmul_transpose`` (``nn.Linear``,
 the patch embedding, the weight-normed prototype layer), ``models.layers.linear.linear`` (``nn.Linear`` under
 the CPU's bf16 autocast), ``jt.matmul``, the attention products (``models.layers.attention._bmm3``, and
-``self_attention``, whose fused CPU op makes both products of short sequences in one call),
+``self_attention``, whose fused CPU op makes both products in one call),
 ``nn.Conv.execute`` and the channels-last depthwise conv (``models.layers.dwconv.depthwise_conv_nhwc``); a product made inside another counted call
 (e.g. the plain-Jittor fallback of ``_bmm3``) is counted once.
 

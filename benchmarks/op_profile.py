@@ -59,7 +59,7 @@ TARGETS = {
     "search1-quick": dict(kind="ssl", row="search-1head jittor", label="search step, one candidate (run.py --quick row)"),
     "search6-quick": dict(kind="ssl", row="search-6heads jittor", label="search step, six candidates (run.py --quick row)"),
 }
-GEMM_KINDS = ("GEMM (oneDNN products)", "attention, fused (short sequences)", "convolution")
+GEMM_KINDS = ("GEMM (oneDNN products)", "attention, fused (cpu_attention)", "convolution")
 KINDS = GEMM_KINDS + ("LayerNorm", "GELU", "softmax, cross-entropy", "AdamW update", "copies (transpose, index, concat)",
                       "reductions (bias gradients, norms)", "elementwise (fused by Jittor)", "other")
 
@@ -71,7 +71,7 @@ def op_kind(name: str) -> str:
     if head in ("mkl_matmul", "dnnl_bmm") or head.startswith(("cublas", "cutlass")):
         return "GEMM (oneDNN products)"
     if head.startswith("cpu_attention"):
-        return "attention, fused (short sequences)"
+        return "attention, fused (cpu_attention)"
     if "conv" in head:
         return "convolution"
     if head.startswith(("cpu_layer_norm", "cuda_layer_norm")):

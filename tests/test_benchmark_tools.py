@@ -405,13 +405,15 @@ def test_attention_tokens_times_both_ways_and_writes_its_report(tmp_path):
     from models.layers import attention
     before = attention.FUSED_MAX_TOKENS
     out = str(tmp_path / "fa")
-    attention_tokens.main(["--tokens", "3", "40", "--batch", "2", "--heads", "2", "--head-dim", "4",
+    longer = before + 1
+    attention_tokens.main(["--tokens", "3", str(longer), "--batch", "2", "--heads", "2", "--head-dim", "4",
                            "--rounds", "2", "--iters", "1", "--out", out])
     assert attention.FUSED_MAX_TOKENS == before  # restored after forcing each way
-    rec = json.load(open(out + ".json"))
-    assert set(rec["runs"]) == {"3", "40"} and all(len(v["fused"]) == len(v["split"]) == 2 for v in rec["runs"].values())
-    md = open(out + ".md").read()
-    assert "| 3 |" in md and "| fused |" in md and "| split |" in md  # 3 <= the limit < 40
+    [stem] = [str(p)[:-5] for p in tmp_path.glob("fa-*.json")]  # the machine's name appended
+    rec = json.load(open(stem + ".json"))
+    assert set(rec["runs"]) == {"3", str(longer)} and all(len(v["fused"]) == len(v["split"]) == 2 for v in rec["runs"].values())
+    md = open(stem + ".md").read()
+    assert "| 3 |" in md and "| fused |" in md and "| split |" in md  # 3 <= the limit < longer
     with pytest.raises(SystemExit, match="positive"):
         attention_tokens.main(["--tokens", "0", "--out", out])
 
@@ -461,7 +463,7 @@ def test_op_profile_sorts_jittor_op_names_into_kinds():
     cases = {  # op names as Jittor's profiler reports them (JIT keys, shortened)
         "mkl_matmul«T:float32«Trans_a:N«Trans_b:T«JIT:1«JIT_cpu:1": "GEMM (oneDNN products)",
         "dnnl_bmm«T:float32«Trans_a:N«Trans_b:T«Bf16:0«Bias:0«JIT:1": "GEMM (oneDNN products)",
-        "cpu_attention_backward«T:float32«JIT:1": "attention, fused (short sequences)",
+        "cpu_attention_backward«T:float32«JIT:1": "attention, fused (cpu_attention)",
         "mkl_conv«Tx:float32«Ty:float32«JIT:1": "convolution",
         "cpu_dwconv_nhwc_grad_w«T:float32«JIT:1": "convolution",
         "cpu_layer_norm_grad_wb«T:float32«BIAS:0«JIT:1": "LayerNorm",
@@ -526,14 +528,28 @@ def test_op_profile_demo_amp_takes_the_recipes_precision_and_says_which(monkeypa
         assert _jittor_demo_step(TARGETS["demo-amp"], jt)[2] == "fp32"
 
 
-def test_fused_loss_ab_builds_each_variant_with_its_own_switch():
+def test_fused_ab_builds_each_variant_with_its_own_switch():
     from jhssl import perf
-    from benchmarks.fused_loss_ab import _built_with_fast_kernels, main
+    import jhssl.methods.losses as losses
+    from models.layers import attention
+    from benchmarks.fused_ab import _built_with_fast_kernels, attention_variant, loss_variant, main
     seen = []
     plain = _built_with_fast_kernels(lambda: seen.append(perf.fast_kernels_enabled()), False)
     with perf.fast_kernels(True):
         plain()
         assert perf.fast_kernels_enabled()  # restored after the loss is built
     assert seen == [False]
-    with pytest.raises(SystemExit, match="targets must be among .*hssl-quick.*got 'vit-t4'"):
+    original = losses.soft_cross_entropy
+    with loss_variant("plain"):
+        assert losses.soft_cross_entropy is not original
+    assert losses.soft_cross_entropy is original
+    limits = attention.FUSED_MAX_TOKENS, attention.FUSED_MAX_TOKENS_BF16
+    with attention_variant("split"):  # no sequence takes the fused op, fp32 or bf16
+        assert (attention.FUSED_MAX_TOKENS, attention.FUSED_MAX_TOKENS_BF16) == (0, 0)
+    with attention_variant("fused"):
+        assert (attention.FUSED_MAX_TOKENS, attention.FUSED_MAX_TOKENS_BF16) == limits
+    assert (attention.FUSED_MAX_TOKENS, attention.FUSED_MAX_TOKENS_BF16) == limits
+    with pytest.raises(SystemExit, match="--path loss targets must be among .*hssl-quick.*got 'vit-t4'"):
         main(["--targets", "vit-t4"])
+    with pytest.raises(SystemExit, match="--path attention targets must be among vit-t4, vit-s16, demo"):
+        main(["--path", "attention", "--targets", "hssl-quick"])

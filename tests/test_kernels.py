@@ -480,10 +480,13 @@ def test_split_heads_gradient_when_a_part_is_unused():
 
 # ----------------------------------------------------------------------------- fused self-attention
 @needs_onednn
-@pytest.mark.parametrize("B,N,H,D", [(3, 17, 3, 16), (2, 5, 2, 8), (2, 1, 2, 8), (1, 32, 4, 4)])
+@pytest.mark.parametrize("B,N,H,D", [(3, 17, 3, 16), (2, 5, 2, 8), (2, 1, 2, 8), (1, 32, 4, 4),
+                                     (2, 71, 2, 24), (1, 9, 3, 12)])
 def test_fused_self_attention_matches_split_heads_and_sdpa(B, N, H, D):
     # the fused op (fast kernels on, N <= FUSED_MAX_TOKENS) against Jittor's plain ops; the packed
-    # projection is scaled up so the softmax rows are far from uniform
+    # projection is scaled up so the softmax rows are far from uniform. The shapes reach every part of
+    # the kernel's products: 6/4/2/1-row blocks (N = 71 = 11 x 6 + 4 + 1), 16- and 8-column panels and
+    # the scalar columns past them (D = 24, 12, 4), padded score rows (N not a multiple of 8)
     assert N <= attention.FUSED_MAX_TOKENS
     _compare(lambda qkv: attention.self_attention(qkv, H, scale=0.3), [_randn(B, N, 3 * H * D, seed=43, scale=2.0)])
 
@@ -507,6 +510,16 @@ def test_fused_self_attention_is_used_only_where_it_applies(monkeypatch):
     assert not used
     attention.self_attention(jt.array(_randn(2, 5, 24, seed=47)), 2).sync()
     assert used
+    # under bf16 products the fp32 op keeps its own, lower limit (graphs built, not run: this CPU may
+    # have no bf16)
+    used.clear()
+    limit = attention.FUSED_MAX_TOKENS_BF16
+    assert limit < attention.FUSED_MAX_TOKENS
+    with perf.bf16_products(True):
+        attention.self_attention(jt.array(_randn(2, limit + 1, 24, seed=48)), 2)
+        assert not used
+        attention.self_attention(jt.array(_randn(2, limit, 24, seed=48)), 2)
+        assert used
     # the path it leaves to split_heads + sdpa computes the same attention (with the bias here)
     x = jt.array(_randn(2, 5, 24, seed=46))
     q, k, v = attention.split_heads(x, 3, 2)

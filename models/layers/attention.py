@@ -12,9 +12,9 @@ swapped without touching them:
   inside the op (fp32 accumulation and output).
   Jittor itself lowers 3-D/4-D matmuls on the CPU to a generic
   broadcast-multiply-reduce kernel, which was ~45% of a ViT training step.
-* CPU, fast kernels on, short sequences (:func:`self_attention`, at most
-  ``FUSED_MAX_TOKENS`` tokens, no bias): one op reads q, k, v straight from
-  the packed qkv projection and writes the heads' outputs side by side
+* CPU, fast kernels on, up to ``FUSED_MAX_TOKENS`` tokens, no bias
+  (:func:`self_attention`): one op reads q, k, v straight from the packed qkv
+  projection and writes the heads' outputs side by side
   (``kernels/cpu_attention_op.cc``); its gradient recomputes the
   probabilities. Always fp32, also under ``bf16_products``.
 * CUDA, fast kernels on: cuBLAS' strided batched GEMM (Jittor's own
@@ -24,6 +24,8 @@ swapped without touching them:
   ``models.perf.set_fast_kernels(False)``), non-float32 inputs, or the custom
   op failed to build: plain Jittor ops, the reference path.
 """
+import contextlib
+
 from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 
@@ -147,20 +149,38 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, attn_bias=None
     return out.reshape(bsz, heads, n, dv)
 
 
-# Longest sequence the fused CPU attention takes: up to here it beats splitting the heads for
-# oneDNN's batched GEMMs, whose per-call cost dominates few-token products. Forward + backward of
-# one layer, 128 images x 3 heads x D 64, split time over fused (benchmarks/attention_tokens.py,
-# results/fused_attention.md, 2-core AMD EPYC): 3.3x at 5 tokens, 1.7x at 17, 1.1x at 25, 1.0 at
-# 33, 0.85 at 41, 0.73 at 65.
-FUSED_MAX_TOKENS = 32
+# Longest sequence the fused CPU attention takes. Its products run on a register-blocked kernel per
+# (image, head) with the operands in cache; oneDNN's batched GEMMs pay a per-call cost per few-token
+# product, and the split path permutes q, k, v and the output through memory. Forward + backward of
+# one layer, 16 images x 6 heads x D 64, split time over fused (benchmarks/attention_tokens.py,
+# results/fused_attention-amd-epyc-f25m1-2c.md, Zen 3, 2 cores): 2.7x at 17 tokens, 1.5x at 65 and
+# 197, 1.2x at 401, 1.0x at 577 (the N x N rows no longer fit in L2).
+FUSED_MAX_TOKENS = 512
+# Under bf16 products (models.perf.bf16_products: a CPU with AVX512_BF16/AMX) the split path's products
+# take bf16 operands while the fused op stays fp32. That crossover has not been measured with this
+# kernel (no bf16 host since), so bf16 runs keep the limit the earlier fp32 kernel had.
+FUSED_MAX_TOKENS_BF16 = 32
+
+
+@contextlib.contextmanager
+def fused_limit(tokens: int):
+    """Within: sequences of up to ``tokens`` take the fused op (0: none), in fp32 and under bf16 products
+    alike; both limits are restored after. For the benchmarks' fused vs split comparisons."""
+    global FUSED_MAX_TOKENS, FUSED_MAX_TOKENS_BF16
+    saved = FUSED_MAX_TOKENS, FUSED_MAX_TOKENS_BF16
+    FUSED_MAX_TOKENS = FUSED_MAX_TOKENS_BF16 = int(tokens)
+    try:
+        yield
+    finally:
+        FUSED_MAX_TOKENS, FUSED_MAX_TOKENS_BF16 = saved
 
 
 def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None) -> jt.Var:
     """Multi-head self-attention from a packed projection: ``qkv`` (B, N, 3 * C) -> (B, N, C).
 
     The heads' outputs side by side, as ``proj`` expects them (``softmax(q k^T * scale +
-    attn_bias) v`` per head, :func:`split_heads` order). Short sequences on the CPU with fast
-    kernels on take the fused op; everything else splits the heads and calls
+    attn_bias) v`` per head, :func:`split_heads` order). Sequences of up to ``FUSED_MAX_TOKENS``
+    without a bias, on the CPU with fast kernels on, take the fused op; everything else splits the heads and calls
     :func:`scaled_dot_product_attention`."""
     if qkv.ndim != 3 or qkv.shape[2] % (3 * heads):
         raise ValueError(f"self_attention: {tuple(qkv.shape)} is not (B, N, 3 x {heads} x D)")
@@ -168,8 +188,9 @@ def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None) -> jt.Va
     c = c3 // 3
     if scale is None:
         scale = (c // heads) ** -0.5
+    limit = FUSED_MAX_TOKENS_BF16 if perf.bf16_products_enabled() else FUSED_MAX_TOKENS
     ops = (kernels.enabled_cpu_ops() if attn_bias is None and qkv.dtype == jt.float32
-           and 0 < n <= FUSED_MAX_TOKENS and b > 0 else None)
+           and 0 < n <= limit and b > 0 else None)
     if ops is not None:
         return ops.cpu_attention(qkv, int(heads), float(scale))
     q, k, v = split_heads(qkv, 3, heads)

@@ -34,56 +34,36 @@ void CpuAttentionBackwardOp::jit_prepare(JK& jk) { jk << "«T:" << qkv->dtype();
 //   dq_i = scale sum_j dS_ij k_j;  dk_j = scale sum_i dS_ij q_i.
 void CpuAttentionBackwardOp::jit_run() {
     const int64 B = qkv->shape[0], N = qkv->shape[1], C = qkv->shape[2] / 3, H = heads, D = C / H;
+    const int64 ldp = attention_cpu::padded(N);
     const attention_cpu::Packed x{N, C, D, qkv->ptr<float>()};
     const float* __restrict__ gp = dy->ptr<float>();
     float* __restrict__ dp = dqkv->ptr<float>();
     const float sc = (float)scale;
     #pragma omp parallel
     {
-        std::vector<float> p(N * N), ds(N * N);
+        attention_cpu::Pair pair(N, D);
+        std::vector<float> g(N * D), vt(D * ldp), ds(N * ldp);
         #pragma omp for schedule(static)
         for (int64 bh = 0; bh < B * H; bh++) {
             const int64 b = bh / H, h = bh % H;
-            attention_cpu::probabilities(x, b, h, sc, p.data());
-            auto grad_row = [&](int64 i, int part) { return dp + (b * N + i) * 3 * C + part * C + h * D; };
-            for (int64 i = 0; i < N; i++)
-                for (int part = 0; part < 3; part++) {
-                    float* __restrict__ g = grad_row(i, part);
-                    #pragma omp simd
-                    for (int64 d = 0; d < D; d++) g[d] = 0.f;
-                }
+            pair.probabilities(x, b, h, sc);
+            const float* p = pair.p.data();
+            attention_cpu::copy_rows(gp + b * N * C + h * D, C, N, D, g.data());   // this head's dy
+            attention_cpu::transpose_padded(pair.v.data(), N, D, vt.data(), ldp);
+            attention_cpu::gemm(N, ldp, D, {g.data(), D, 1}, vt.data(), ldp, ds.data(), ldp);   // dP = dy v^T
             for (int64 i = 0; i < N; i++) {
-                const float* __restrict__ gi = gp + (b * N + i) * C + h * D;
-                const float* __restrict__ pi = p.data() + i * N;
-                float* __restrict__ dsi = ds.data() + i * N;
-                attention_cpu::dots(gi, x, b, h, 2, 1.f, dsi);   // dP_ij = dy_i . v_j
+                const float* __restrict__ pi = p + i * ldp;
+                float* __restrict__ dsi = ds.data() + i * ldp;
                 float row = 0.f;
                 #pragma omp simd reduction(+:row)
                 for (int64 j = 0; j < N; j++) row += pi[j] * dsi[j];
                 #pragma omp simd
-                for (int64 j = 0; j < N; j++) dsi[j] = pi[j] * (dsi[j] - row) * sc;
-                for (int64 j = 0; j < N; j++) {
-                    float* __restrict__ dv = grad_row(j, 2);
-                    const float pij = pi[j];
-                    #pragma omp simd
-                    for (int64 d = 0; d < D; d++) dv[d] += pij * gi[d];
-                }
+                for (int64 j = 0; j < N; j++) dsi[j] = pi[j] * (dsi[j] - row) * sc;   // dS, times scale
             }
-            for (int64 i = 0; i < N; i++) {
-                const float* __restrict__ q = x.row(b, i, 0, h);
-                float* __restrict__ dq = grad_row(i, 0);
-                const float* __restrict__ dsi = ds.data() + i * N;
-                for (int64 j = 0; j < N; j++) {
-                    const float* __restrict__ k = x.row(b, j, 1, h);
-                    float* __restrict__ dk = grad_row(j, 1);
-                    const float s = dsi[j];
-                    #pragma omp simd
-                    for (int64 d = 0; d < D; d++) {
-                        dq[d] += s * k[d];
-                        dk[d] += s * q[d];
-                    }
-                }
-            }
+            float* dq = dp + b * N * 3 * C + h * D;   // this head's dq rows, 3C floats apart; dk, dv C after
+            attention_cpu::gemm(N, D, N, {p, 1, ldp}, g.data(), D, dq + 2 * C, 3 * C);                  // dv = P^T dy
+            attention_cpu::gemm(N, D, N, {ds.data(), ldp, 1}, pair.k.data(), D, dq, 3 * C);            // dq = dS k
+            attention_cpu::gemm(N, D, N, {ds.data(), 1, ldp}, pair.q.data(), D, dq + C, 3 * C);        // dk = dS^T q
         }
     }
 }

@@ -39,27 +39,19 @@ void CpuAttentionOp::jit_prepare(JK& jk) { jk << "«T:" << qkv->dtype(); }
 
 void CpuAttentionOp::jit_run() {
     const int64 B = qkv->shape[0], N = qkv->shape[1], C = qkv->shape[2] / 3, H = heads, D = C / H;
+    const int64 ldp = attention_cpu::padded(N);
     const attention_cpu::Packed x{N, C, D, qkv->ptr<float>()};
     float* __restrict__ yp = y->ptr<float>();
     const float sc = (float)scale;
     #pragma omp parallel
     {
-        std::vector<float> p(N * N);
+        attention_cpu::Pair pair(N, D);
         #pragma omp for schedule(static)
         for (int64 bh = 0; bh < B * H; bh++) {
             const int64 b = bh / H, h = bh % H;
-            attention_cpu::probabilities(x, b, h, sc, p.data());
-            for (int64 i = 0; i < N; i++) {
-                float* __restrict__ o = yp + (b * N + i) * C + h * D;
-                #pragma omp simd
-                for (int64 d = 0; d < D; d++) o[d] = 0.f;
-                for (int64 j = 0; j < N; j++) {
-                    const float pij = p[i * N + j];
-                    const float* __restrict__ v = x.row(b, j, 2, h);
-                    #pragma omp simd
-                    for (int64 d = 0; d < D; d++) o[d] += pij * v[d];
-                }
-            }
+            pair.probabilities(x, b, h, sc);
+            // this head's y rows (C floats apart) = P v
+            attention_cpu::gemm(N, D, N, {pair.p.data(), ldp, 1}, pair.v.data(), D, yp + b * N * C + h * D, C);
         }
     }
 }
