@@ -153,8 +153,9 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, attn_bias=None
 # (image, head) with the operands in cache; oneDNN's batched GEMMs pay a per-call cost per few-token
 # product, and the split path permutes q, k, v and the output through memory. Forward + backward of
 # one layer, 16 images x 6 heads x D 64, split time over fused (benchmarks/attention_tokens.py,
-# results/fused_attention-amd-epyc-f25m1-2c.md, Zen 3, 2 cores): 2.7x at 17 tokens, 1.5x at 65 and
-# 197, 1.2x at 401, 1.0x at 577 (the N x N rows no longer fit in L2).
+# results/fused_attention-amd-epyc-f25m1-2c.md, Zen 3, 2 cores): 2.6x at 17 tokens, 1.5x at 65 and
+# 197, 1.2x at 401, 1.07x at 577 (0.99 ± 0.24 in a first sweep): the gain fades as each thread's
+# N x N buffers (1.3 MB at 577) outgrow the 512 KB L2, so the limit stays inside the measured range.
 FUSED_MAX_TOKENS = 512
 # Under bf16 products (models.perf.bf16_products: a CPU with AVX512_BF16/AMX) the split path's products
 # take bf16 operands while the fused op stays fp32. That crossover has not been measured with this
@@ -180,8 +181,8 @@ def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None) -> jt.Va
 
     The heads' outputs side by side, as ``proj`` expects them (``softmax(q k^T * scale +
     attn_bias) v`` per head, :func:`split_heads` order). Sequences of up to ``FUSED_MAX_TOKENS``
-    without a bias, on the CPU with fast kernels on, take the fused op; everything else splits the heads and calls
-    :func:`scaled_dot_product_attention`."""
+    without a bias, on the CPU with fast kernels on, take the fused op; everything else splits the
+    heads and calls :func:`scaled_dot_product_attention`."""
     if qkv.ndim != 3 or qkv.shape[2] % (3 * heads):
         raise ValueError(f"self_attention: {tuple(qkv.shape)} is not (B, N, 3 x {heads} x D)")
     b, n, c3 = qkv.shape

@@ -6,9 +6,9 @@
 // along K, loads two vectors of a row of B and broadcasts six entries of A (A may be read
 // transposed: it is addressed through a row stride and a column stride). Six rows, not four:
 // with four the compiler folds B's loads into the FMAs and the loop is load-bound (35 vs 65
-// GFLOP/s per Zen 3 core at 65 tokens). Per (image, head)
-// the operands (N x D and N x N floats) stay in L1/L2, where per-call GEMM libraries spend more
-// time setting up than multiplying (benchmarks/attention_tokens.py).
+// GFLOP/s per Zen 3 core at 65 tokens). Per (image, head) the operands (N x D and N x N floats)
+// stay in L1/L2, where per-call GEMM libraries spend more time setting up than multiplying
+// (benchmarks/attention_tokens.py).
 #pragma once
 #include <algorithm>
 #include <cmath>
