@@ -3,9 +3,9 @@
 ``models.layers.attention.self_attention`` computes sequences of up to ``FUSED_MAX_TOKENS`` with one fused
 op (q, k, v copied out of the packed projection, both products and the softmax per image and head in
 cache, the gradient recomputing the probabilities) and longer ones by splitting the heads for oneDNN's
-batched GEMMs. This
-times one layer's attention forward + backward both ways at several token counts, interleaved (fused,
-split, fused, split ... per round), so the crossover is measured on the machine that runs it.
+batched GEMMs. This times one layer's attention forward + backward both ways at several token counts,
+interleaved (fused, split, fused, split ... per round), so the crossover is measured on the machine that
+runs it.
 
     python benchmarks/attention_tokens.py                         # 5 ... 577 tokens, 3 rounds
     python benchmarks/attention_tokens.py --tokens 17 65 --batch 64 --heads 3
