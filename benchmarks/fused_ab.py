@@ -77,11 +77,9 @@ def measure(path, name, rounds, iters):
     the fused one's is the speed-up."""
     import jhssl  # noqa: F401  (bootstrap before jittor)
     import jittor as jt
-    from benchmarks.op_profile import _jittor_demo_step, _jittor_ssl_step, _jittor_vit_step
+    from benchmarks.op_profile import build_jittor_step
     from benchmarks.run import _time_steps
-    spec = TARGETS[name]
-    build = {"vit": _jittor_vit_step, "demo": _jittor_demo_step, "ssl": _jittor_ssl_step}[spec["kind"]]
-    step = build(spec, jt)[0]
+    step = build_jittor_step(TARGETS[name], jt)[0]
     before, after = PATHS[path]["variants"]
     switch = PATHS[path]["switch"]
 

@@ -153,13 +153,18 @@ def _jittor_ssl_step(spec, jt):
     return (*jittor_ssl_step(row), "fp32")
 
 
+def build_jittor_step(spec, jt):
+    """(step, optimizer, precision) of a target: one training step of its kind, built once."""
+    build = {"vit": _jittor_vit_step, "demo": _jittor_demo_step, "ssl": _jittor_ssl_step}[spec["kind"]]
+    return build(spec, jt)
+
+
 def worker_jittor(spec):
     import jhssl  # noqa: F401  (bootstrap before jittor)
     import jittor as jt
     from benchmarks.jittor_flops import JittorFlops
     from benchmarks.run import _time_steps
-    build = {"vit": _jittor_vit_step, "demo": _jittor_demo_step, "ssl": _jittor_ssl_step}[spec["kind"]]
-    step, opt, precision = build(spec, jt)
+    step, opt, precision = build_jittor_step(spec, jt)
 
     def synced():
         step()
