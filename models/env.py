@@ -20,6 +20,10 @@ What it does, and why:
 * MPI is on when ``mpicc`` exists (Jittor's own default); nothing to do here.
 * ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep instead of spinning while waiting, which
   keeps shared or oversubscribed CPUs (MPI ranks on one node, CI) from collapsing.
+* ``sys.executable`` is spelled one way (:func:`stable_executable`): Jittor writes the interpreter's
+  path into every kernel's compile command and rebuilds a cached kernel whose stored command differs,
+  so a ``python`` process and a ``python3`` process (the same binary) recompiled each other's
+  kernels: ~250 of them, minutes on 2 cores, after ``bash run/test.sh`` then ``python run/train.py``.
 
 * ``log_silent=1``: Jittor prints a dozen ``[i ...]`` info lines (compiler, cache path, every
   tool found) at import and at every compile; they hide a command's own output. They stay on
@@ -46,11 +50,30 @@ def gpu_visible() -> bool:
         raise SystemExit(f"jhssl: {e}") from None
 
 
+def stable_executable(executable: str, version=sys.version_info) -> str:
+    """The interpreter's path as ``python<major>.<minor>`` in its own directory when that names the
+    same binary (``python`` and ``python3`` are usually links to it), else ``executable`` unchanged.
+
+    Jittor 1.3.11 (compiler.py) uses ``sys.executable`` + ``.<minor>`` when that file exists, else
+    ``sys.executable``: ``.../python3`` becomes ``.../python3.11`` but ``.../python`` stays, and its
+    kernel cache keys on the resulting string. Same directory, so a virtual environment stays itself.
+    """
+    if not executable:
+        return executable
+    versioned = os.path.join(os.path.dirname(executable), f"python{version[0]}.{version[1]}")
+    try:
+        return versioned if os.path.samefile(versioned, executable) else executable
+    except OSError:  # no such file: keep what the interpreter reports
+        return executable
+
+
 def setup_env() -> None:
     global _DONE
     if _DONE:
         return
     _DONE = True
+    if "jittor" not in sys.modules:  # Jittor reads it once, at import
+        sys.executable = stable_executable(sys.executable)
     if gpu_visible():
         os.environ.setdefault("use_cutlass", "0")
     os.environ.setdefault("use_mkl", "1")

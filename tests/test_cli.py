@@ -245,6 +245,33 @@ def test_jittor_info_lines_only_when_verbose(verbose):
     assert bool(info) == verbose
 
 
+def test_interpreter_path_is_spelled_one_way(tmp_path):
+    """Jittor keys its kernel cache on the interpreter's path: ``python`` and ``python3`` (links to one
+    binary) must give the same string, or each recompiles the other's kernels (141 for the demo)."""
+    from models.env import stable_executable
+    real = tmp_path / "python3.11"
+    real.write_text("")
+    for name in ("python", "python3"):
+        (tmp_path / name).symlink_to(real.name)
+        assert stable_executable(str(tmp_path / name), (3, 11)) == str(real)
+    other = tmp_path / "python3.12"  # another binary keeps its own name
+    other.write_text("")
+    assert stable_executable(str(other), (3, 11)) == str(other)
+    assert stable_executable(str(tmp_path / "python"), (3, 12)) == str(tmp_path / "python")  # no python3.12 link
+    # The real interpreters of this machine: every spelling reaches Jittor as the same path.
+    folder = os.path.dirname(sys.executable)
+    names = [n for n in ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
+             if os.path.exists(os.path.join(folder, n))
+             and os.path.samefile(os.path.join(folder, n), sys.executable)]
+    seen = set()
+    for name in names:
+        r = subprocess.run([os.path.join(folder, name), "-c", "import models, jittor; print(jittor.flags.python_path)"],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        seen.add(r.stdout.strip().splitlines()[-1])
+    assert len(names) >= 2 and len(seen) == 1, (names, seen)
+
+
 def test_models_import_nothing_from_jhssl():
     code = ("import sys, models\n"
             "m = models.create_model('vit_tiny', img_size=32, patch_size=8)\n"
