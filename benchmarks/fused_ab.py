@@ -2,6 +2,7 @@
 
     python benchmarks/fused_ab.py --path loss --targets hssl-quick,baseline-quick,demo --rounds 5
     python benchmarks/fused_ab.py --path attention --targets vit-t4,vit-s16,demo --rounds 5
+    python benchmarks/fused_ab.py --path bias --targets vit-t4,vit-s16,demo --rounds 5
 
 Paths (each switch is read while the step's graph is built, so one process builds both graphs):
 
@@ -11,6 +12,9 @@ Paths (each switch is read while the step's graph is built, so one process build
 * ``attention``: self-attention as one fused op per (image, head) (``kernels/cpu_attention_op.cc``,
   "fused") or split into heads for oneDNN's batched GEMMs and the fused softmax ("split"), through
   ``models.layers.attention.fused_limit``. Targets: the ViT and demo steps.
+* ``bias``: the bias of the linear layer before GELU (fc1) and before the fused attention (qkv) added
+  inside those kernels, its gradient summed in their backward ops ("fused"), or a pass of its own
+  each way ("separate"), through ``models.perf.fused_bias``. Targets: the ViT and demo steps.
 
 Each round times a few steps of each variant, alternating, in the same process
 (``benchmarks/op_profile.py``'s step builders), so host drift cancels in the per-round ratio.
@@ -62,6 +66,14 @@ def attention_variant(name):
         yield
 
 
+@contextlib.contextmanager
+def bias_variant(name):
+    """fc1's and qkv's bias added inside the GELU / attention kernels (``fused``) or on their own (``separate``)."""
+    from models import perf
+    with perf.fused_bias(name == "fused"):
+        yield
+
+
 PATHS = {
     "loss": dict(variants=("plain", "fused"), switch=loss_variant,
                  targets=[n for n, t in TARGETS.items() if t["kind"] in ("ssl", "demo")],
@@ -69,6 +81,9 @@ PATHS = {
     "attention": dict(variants=("split", "fused"), switch=attention_variant,
                       targets=[n for n, t in TARGETS.items() if t["kind"] in ("vit", "demo")],
                       title="Self-attention: one fused op per (image, head) vs split heads + oneDNN batched GEMMs"),
+    "bias": dict(variants=("separate", "fused"), switch=bias_variant,
+                 targets=[n for n, t in TARGETS.items() if t["kind"] in ("vit", "demo")],
+                 title="The bias of fc1 and qkv: inside the GELU / attention kernels vs a pass of its own"),
 }
 
 

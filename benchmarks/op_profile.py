@@ -23,7 +23,8 @@ report gives the GEMM rate, and two ceilings no kernel work on the rest can pass
   ``torch step / Jittor's GEMM time``.
 
 Targets: ``vit-t4`` (ViT-T/4 at 32 px, batch 64) and ``vit-s16`` (ViT-S/16 at 224 px, batch 8), the
-forward + backward + AdamW steps of ``benchmarks/run.py``'s ViT rows; ``demo``: one iteration of
+forward + backward + AdamW steps of ``benchmarks/run.py``'s ViT rows (jhssl's AdamW vs torch's default
+AdamW; before 2026-11-30 Jittor's own ``jt.optim.AdamW``, ~2.5x slower than jhssl's); ``demo``: one iteration of
 ``configs/demo.yaml`` in fp32 as ``jhssl.train`` runs it (iBOT + HSSL loss, backward, per-parameter
 clipping, AdamW, EMA) on random crops and masks of the recipe's shapes, ``demo-amp`` the same in the
 recipe's own precision (``amp: true``: bf16 products where the CPU has AVX512_BF16/AMX, else fp32, as
@@ -107,9 +108,10 @@ def summarize_profile(report, steps: int) -> dict:
 def _jittor_vit_step(spec, jt):
     import models
     import models.vit  # noqa: F401  (registers the ViTs)
+    from jhssl.optim import AdamW
     jt.set_global_seed(0)
     model = models.create_model(spec["arch"], patch_size=spec["patch"], img_size=spec["img"])
-    opt = jt.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)  # as benchmarks/run.py's ViT rows
     x = jt.randn(spec["batch"], 3, spec["img"], spec["img"])
 
     def step():
@@ -197,7 +199,7 @@ def worker_torch(spec):
     from benchmarks.torch_models import ViT
     torch.manual_seed(0)
     model = ViT(spec["arch"], spec["patch"], spec["img"])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     x = torch.randn(spec["batch"], 3, spec["img"], spec["img"])
 
     def step():

@@ -13,7 +13,8 @@ Figures (issue 7):
 * GEMM peak: 1024^2 fp32 GEMM through oneDNN (Jittor's mkl_matmul), GFLOP/s.
 * Attention forward+backward, plain Jittor vs the fast kernels, on ViT-T/4-32 and ViT-S/16-224 shapes.
 * ViT forward+backward+AdamW img/s, ViT-S/16 at 224 and ViT-T/4 at 32: Jittor vs torch, in fp32 and
-  with bf16 products (jhssl's CPU amp vs torch.autocast; CPUs with AVX512_BF16/AMX).
+  with bf16 products (jhssl's CPU amp vs torch.autocast; CPUs with AVX512_BF16/AMX); jhssl's AdamW
+  against torch's default one (since 2026-11-30; before, Jittor's own ``jt.optim.AdamW``).
 * iBOT training step (teacher forward, student forward+backward, jhssl's AdamW, EMA) on the same
   base: HSSL (ConvNext head, depth 3) / baseline step time and peak RSS, also with every patch
   token projected (``jhssl.perf.masked_projection`` off) and with HSSL on the image level only
@@ -198,8 +199,12 @@ def worker_vit(spec):
         import models
         import models.vit  # noqa: F401  (registers the ViTs)
         from jhssl import amp
+        from jhssl.optim import AdamW
         model = models.create_model(arch, patch_size=ps, img_size=img)
-        opt = jt.optim.AdamW(model.parameters(), lr=1e-4)
+        # jhssl's AdamW, which jhssl.train steps with (the fast rows: one fused update per parameter),
+        # against torch's default AdamW, which the official DINO / iBOT code steps with; weight decay
+        # 0.01 on both (torch's default)
+        opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
         x = jt.randn(bs, 3, img, img)
         # bf16 rows: jhssl's CPU mixed precision (bf16 GEMM operands, fp32 tensors; jhssl/amp.py)
         dtype = "bfloat16" if spec.get("amp") else None
@@ -214,7 +219,7 @@ def worker_vit(spec):
         import torch
         from benchmarks.torch_models import ViT
         model = ViT(arch, ps, img)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
         x = torch.randn(bs, 3, img, img)
         # bf16 rows: torch's CPU autocast (bf16 products and the activations they produce)
         autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if spec.get("amp") else contextlib.nullcontext

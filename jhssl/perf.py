@@ -4,6 +4,8 @@ training-side ones.
 * ``fast_kernels`` (:mod:`models.perf`): the custom CPU/GPU kernels; ``JHSSL_FAST_KERNELS=0``.
 * ``bf16_products`` (:mod:`models.perf`): linear and attention GEMMs with bf16 operands on the CPU;
   set by ``jhssl.amp`` for ``amp: true`` on a CPU with bf16 instructions, not by an environment variable.
+* ``fused_bias`` (:mod:`models.perf`): the bias of the linear layer before GELU or the fused attention is
+  added inside that kernel (no pass of its own, forward or backward). On by default; no environment variable.
 * ``masked_projection``: iBOT's masked-patch terms only see the masked tokens, so the student
   projects only those tokens and the teacher runs its prototype layer only on them plus one mean
   row for the center (``jhssl.methods.masked_rows``). Same loss and gradients; off, every patch
@@ -20,7 +22,7 @@ In code: ``jhssl.perf.set_fast_kernels(False)`` / ``set_masked_projection(False)
 Environment variables are read once, at first use.
 """
 from models.perf import (_FAST_KERNELS, Switch, bf16_products, bf16_products_enabled, fast_kernels,  # noqa: F401
-                         fast_kernels_enabled, set_fast_kernels)
+                         fast_kernels_enabled, fused_bias, fused_bias_enabled, set_fast_kernels)
 
 _MASKED_PROJECTION = Switch("JHSSL_MASKED_PROJECTION")
 

@@ -54,7 +54,7 @@ from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
-from .layers.activation import gelu
+from .layers.activation import linear_gelu
 from .layers import dwconv as depthwise
 from .layers.mlp import Mlp
 from .layers.residual import Affine, BatchNorm2d, CrossPatchLinear, DropPath, to_2tuple
@@ -144,7 +144,7 @@ class ConvNextHeadBlock(HeadBlock):
             x = depthwise.depthwise_conv_nhwc(x, self.dwconv)  # fused CPU kernel; = _nhwc(self.dwconv(_nchw(x)))
         if self.structure == "token_mixer":
             return x
-        return self.pwconv2(gelu(self.pwconv1(self.norm(x))))
+        return self.pwconv2(linear_gelu(self.pwconv1, self.norm(x)))
 
 
 class ResNetHeadBlock(HeadBlock):

@@ -10,6 +10,10 @@
   precision (``jhssl.amp``, ``amp: true``), worth it where the CPU has native bf16 instructions
   (AVX512_BF16 / AMX: about twice fp32's GEMM rate). Off by default; needs the fast kernels (without
   them the products stay fp32). Set by ``jhssl.amp.autocast``; no environment variable.
+* ``fused_bias``: a linear layer whose output goes straight into the fused GELU or attention kernel
+  hands its bias to that kernel, which adds it while reading the product and sums its gradient in
+  its backward pass (``models.layers.linear.deferred_bias``): no separate pass over the output for
+  either. On by default (with the fast kernels, fp32 products); off to measure against.
 
 In code: ``set_fast_kernels(False)``, or temporarily ``with fast_kernels(False): ...``.
 The environment variable is read once, at first use. A switch is read when a graph is built (each
@@ -79,3 +83,16 @@ def bf16_products_enabled() -> bool:
 def bf16_products(enabled: bool):
     """Context manager: build the graphs of a block with bf16 products on or off."""
     return _BF16_PRODUCTS.scoped(enabled, "bf16_products")
+
+
+_FUSED_BIAS = Switch(None, default=True)
+
+
+def fused_bias_enabled() -> bool:
+    """True when the fused GELU / attention kernels add the preceding linear layer's bias themselves."""
+    return _FUSED_BIAS.enabled()
+
+
+def fused_bias(enabled: bool):
+    """Context manager: build the graphs of a block with the bias fused into the consumer kernel or not."""
+    return _FUSED_BIAS.scoped(enabled, "fused_bias")

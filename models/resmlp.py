@@ -11,7 +11,7 @@ from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 import jittor as jt
 from jittor import nn
 
-from .layers.activation import gelu
+from .layers.activation import linear_gelu
 from .layers.residual import Affine, CrossPatchLinear, DropPath, check_image, to_2tuple
 from .layers.mask import apply_mask_token
 from .registry import register_model
@@ -26,7 +26,7 @@ class ChannelMlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def execute(self, x):
-        return self.fc2(gelu(self.fc1(x)))
+        return self.fc2(linear_gelu(self.fc1, x))
 
 
 class PatchStem(nn.Module):

@@ -18,6 +18,7 @@ from .layers import DropPath, Mlp, PatchEmbed, apply_mask_token, init_linear_and
     trunc_normal_
 from .layers import attention
 from .layers.attention import split_heads
+from .layers.linear import deferred_bias
 from .registry import register_model
 
 from .layers.fast_norm import LayerNorm  # fused CPU kernel; same keys and result as nn.LayerNorm
@@ -38,8 +39,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def execute(self, x: jt.Var, attn_bias: Optional[jt.Var] = None) -> jt.Var:
-        # through the module, so that benchmarks/jittor_flops.py's wrapper sees the call
-        return self.proj(attention.self_attention(self.qkv(x), self.num_heads, self.scale, attn_bias))
+        # qkv's bias goes to the fused attention kernel where it runs (models.layers.linear.deferred_bias)
+        qkv, qkv_bias = deferred_bias(self.qkv, x)
+        return self.proj(attention.self_attention(qkv, self.num_heads, self.scale, attn_bias, qkv_bias=qkv_bias))
 
     def attention_probs(self, x: jt.Var) -> jt.Var:
         """softmax(q k^T * scale): the (B, heads, N, N) attention weights (for visualisation)."""

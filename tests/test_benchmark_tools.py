@@ -532,7 +532,7 @@ def test_fused_ab_builds_each_variant_with_its_own_switch():
     from jhssl import perf
     import jhssl.methods.losses as losses
     from models.layers import attention
-    from benchmarks.fused_ab import _built_with_fast_kernels, attention_variant, loss_variant, main
+    from benchmarks.fused_ab import _built_with_fast_kernels, attention_variant, bias_variant, loss_variant, main
     seen = []
     plain = _built_with_fast_kernels(lambda: seen.append(perf.fast_kernels_enabled()), False)
     with perf.fast_kernels(True):
@@ -549,6 +549,11 @@ def test_fused_ab_builds_each_variant_with_its_own_switch():
     with attention_variant("fused"):
         assert (attention.FUSED_MAX_TOKENS, attention.FUSED_MAX_TOKENS_BF16) == limits
     assert (attention.FUSED_MAX_TOKENS, attention.FUSED_MAX_TOKENS_BF16) == limits
+    with bias_variant("separate"):
+        assert not perf.fused_bias_enabled()
+        with bias_variant("fused"):
+            assert perf.fused_bias_enabled()
+    assert perf.fused_bias_enabled()
     with pytest.raises(SystemExit, match="--path loss targets must be among .*hssl-quick.*got 'vit-t4'"):
         main(["--targets", "vit-t4"])
     with pytest.raises(SystemExit, match="--path attention targets must be among vit-t4, vit-s16, demo"):

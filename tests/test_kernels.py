@@ -331,6 +331,51 @@ def test_fused_gelu_matches_reference(shape, scale):
 
 
 @needs_onednn
+@pytest.mark.parametrize("shape", [(3, 5, 13), (2, 33, 768), (1, 8)])
+def test_fused_gelu_with_the_linear_bias_matches_reference(shape):
+    # GELU(x + b) in one op; its backward gives dx and db (column sums made per thread): rows of 13
+    # (scalar tails), 768 (the ViT-T MLP) and a single row
+    from models.layers.activation import gelu
+    _compare(gelu, [_randn(*shape, seed=24, scale=2.0), _randn(shape[-1], seed=25)])
+    # the bias's gradient alone (x needs none): one backward op, the x output unused
+    x, b = jt.array(_randn(*shape, seed=26)).stop_grad(), jt.array(_randn(shape[-1], seed=27))
+    grads = []
+    for fast in (True, False):
+        perf.set_fast_kernels(fast)
+        grads.append(jt.grad(gelu(x, b).sqr().sum(), b).numpy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=TOL, atol=TOL)
+
+
+@needs_onednn
+def test_linear_bias_goes_to_the_fused_kernel_only_where_it_runs(monkeypatch):
+    from jittor import nn
+    from models.layers.linear import deferred_bias
+    layer = nn.Linear(6, 5)
+    x = jt.array(_randn(4, 6, seed=28))
+    perf.set_fast_kernels(True)
+    product, bias = deferred_bias(layer, x)
+    assert bias is layer.bias
+    np.testing.assert_allclose((product + bias).numpy(), layer(x).numpy(), rtol=TOL, atol=TOL)
+    for off in (perf.fused_bias(False), perf.bf16_products(True), perf.fast_kernels(False)):
+        with off:
+            assert deferred_bias(layer, x)[1] is None
+    assert deferred_bias(nn.Linear(6, 5, bias=False), x)[1] is None
+    # a ViT block hands qkv's bias to the attention op and fc1's to the GELU op (bias-taking forms)
+    import models
+    import models.vit  # noqa: F401
+    real, calls = kernels.cpu_ops(), []
+
+    class Spy:
+        def __getattr__(self, name):
+            op = getattr(real, name)
+            return (lambda *a: (calls.append((name, len(a))), op(*a))[1]) if name in ("cpu_gelu", "cpu_attention") else op
+    monkeypatch.setattr(kernels, "cpu_ops", lambda: Spy())
+    models.create_model("vit_tiny", patch_size=7, img_size=28, depth=1).forward_features(
+        jt.array(_randn(1, 3, 28, 28, seed=29)))["cls"].sync()
+    assert sorted(set(calls)) == [("cpu_attention", 4), ("cpu_gelu", 2)]
+
+
+@needs_onednn
 def test_fused_gelu_is_used_by_the_models_and_switch_off_restores_jittor(monkeypatch):
     from models.layers import activation
     from models.layers.mlp import Mlp
@@ -489,6 +534,15 @@ def test_fused_self_attention_matches_split_heads_and_sdpa(B, N, H, D):
     # the scalar columns past them (D = 24, 12, 4), padded score rows (N not a multiple of 8)
     assert N <= attention.FUSED_MAX_TOKENS
     _compare(lambda qkv: attention.self_attention(qkv, H, scale=0.3), [_randn(B, N, 3 * H * D, seed=43, scale=2.0)])
+
+
+@needs_onednn
+@pytest.mark.parametrize("B,N,H,D", [(2, 71, 2, 24), (3, 17, 3, 16)])
+def test_fused_self_attention_adds_the_projection_bias(B, N, H, D):
+    # qkv's bias added as q, k, v are copied (fused) vs added to the projection first (plain); the
+    # bias gradient is summed per (image, head) inside the backward op
+    _compare(lambda qkv, b: attention.self_attention(qkv, H, scale=0.3, qkv_bias=b),
+             [_randn(B, N, 3 * H * D, seed=49, scale=2.0), _randn(3 * H * D, seed=50, scale=2.0)])
 
 
 @needs_onednn

@@ -12,11 +12,12 @@ swapped without touching them:
   inside the op (fp32 accumulation and output).
   Jittor itself lowers 3-D/4-D matmuls on the CPU to a generic
   broadcast-multiply-reduce kernel, which was ~45% of a ViT training step.
-* CPU, fast kernels on, up to ``FUSED_MAX_TOKENS`` tokens, no bias
+* CPU, fast kernels on, up to ``FUSED_MAX_TOKENS`` tokens, no ``attn_bias``
   (:func:`self_attention`): one op reads q, k, v straight from the packed qkv
-  projection and writes the heads' outputs side by side
-  (``kernels/cpu_attention_op.cc``); its gradient recomputes the
-  probabilities. Always fp32, also under ``bf16_products``.
+  projection (adding its bias, when the caller deferred it) and writes the
+  heads' outputs side by side (``kernels/cpu_attention_op.cc``); its gradient
+  recomputes the probabilities and sums the bias gradient. Always fp32, also
+  under ``bf16_products``.
 * CUDA, fast kernels on: cuBLAS' strided batched GEMM (Jittor's own
   ``cublas_batched_matmul`` op, with the same transpose flags) and Jittor's
   fused CUDA softmax.
@@ -176,13 +177,15 @@ def fused_limit(tokens: int):
         FUSED_MAX_TOKENS, FUSED_MAX_TOKENS_BF16 = saved
 
 
-def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None) -> jt.Var:
+def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None, qkv_bias=None) -> jt.Var:
     """Multi-head self-attention from a packed projection: ``qkv`` (B, N, 3 * C) -> (B, N, C).
 
     The heads' outputs side by side, as ``proj`` expects them (``softmax(q k^T * scale +
-    attn_bias) v`` per head, :func:`split_heads` order). Sequences of up to ``FUSED_MAX_TOKENS``
-    without a bias, on the CPU with fast kernels on, take the fused op; everything else splits the
-    heads and calls :func:`scaled_dot_product_attention`."""
+    attn_bias) v`` per head, :func:`split_heads` order). ``qkv_bias`` (3 * C,): the projection's
+    bias when it is not yet added (:func:`models.layers.linear.deferred_bias`). Sequences of up to
+    ``FUSED_MAX_TOKENS`` without an ``attn_bias``, on the CPU with fast kernels on, take the fused op
+    (which adds ``qkv_bias`` as it reads q, k, v); everything else splits the heads and calls
+    :func:`scaled_dot_product_attention`."""
     if qkv.ndim != 3 or qkv.shape[2] % (3 * heads):
         raise ValueError(f"self_attention: {tuple(qkv.shape)} is not (B, N, 3 x {heads} x D)")
     b, n, c3 = qkv.shape
@@ -191,9 +194,13 @@ def self_attention(qkv: jt.Var, heads: int, scale=None, attn_bias=None) -> jt.Va
         scale = (c // heads) ** -0.5
     limit = FUSED_MAX_TOKENS_BF16 if perf.bf16_products_enabled() else FUSED_MAX_TOKENS
     ops = (kernels.enabled_cpu_ops() if attn_bias is None and qkv.dtype == jt.float32
-           and 0 < n <= limit and b > 0 else None)
+           and (qkv_bias is None or qkv_bias.dtype == jt.float32) and 0 < n <= limit and b > 0 else None)
     if ops is not None:
-        return ops.cpu_attention(qkv, int(heads), float(scale))
+        if qkv_bias is None:
+            return ops.cpu_attention(qkv, int(heads), float(scale))
+        return ops.cpu_attention(qkv, qkv_bias, int(heads), float(scale))
+    if qkv_bias is not None:
+        qkv = qkv + qkv_bias
     q, k, v = split_heads(qkv, 3, heads)
     out = scaled_dot_product_attention(q, k, v, attn_bias=attn_bias, scale=scale)
     return out.permute(0, 2, 1, 3).reshape(b, n, c)

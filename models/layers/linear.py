@@ -1,4 +1,5 @@
-"""``x @ W^T + b`` with the product in bf16 on the CPU (the CPU side of mixed precision).
+"""``x @ W^T + b`` with the product in bf16 on the CPU (the CPU side of mixed precision), and the
+bias handed to the fused kernel that reads the product (:func:`deferred_bias`).
 
 Under :func:`models.perf.bf16_products` (set by ``jhssl.amp`` when ``amp: true`` runs on a CPU
 with native bf16 instructions) a linear layer's GEMM and its two gradient GEMMs take bf16
@@ -28,3 +29,18 @@ def linear(x: jt.Var, weight: jt.Var, bias=None) -> jt.Var:
     y = (ops.dnnl_bmm(rows, w, False, True, True) if bias is None
          else ops.dnnl_bmm(rows, w, bias, False, True, True))
     return y.reshape(tuple(x.shape[:-1]) + (weight.shape[0],))
+
+
+def deferred_bias(layer: nn.Linear, x: jt.Var):
+    """``layer(x)`` as ``(x W^T, b)`` for a caller whose fused CPU kernel adds ``b`` itself (GELU,
+    self-attention: :func:`models.perf.fused_bias`), else ``(layer(x), None)``.
+
+    Jittor cannot fuse a bias add into the custom op that reads its result, so it is a pass of its
+    own over the (rows, out) output, and its gradient another (a column sum): ~5 % of a ViT-T/4
+    training step on the CPU for fc1 and qkv. Not deferred under bf16 products (the bias is already
+    inside oneDNN's GEMM there), on the GPU, or without the fast kernels.
+    """
+    if (layer.bias is None or x.dtype != jt.float32 or layer.weight.dtype != jt.float32
+            or not perf.fused_bias_enabled() or perf.bf16_products_enabled() or kernels.enabled_cpu_ops() is None):
+        return layer(x), None
+    return nn.matmul_transpose(x, layer.weight), layer.bias

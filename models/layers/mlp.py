@@ -2,7 +2,7 @@
 from models import env  # noqa: F401  (Jittor's environment before jittor loads)
 from jittor import nn
 
-from .activation import GELU
+from .activation import GELU, linear_gelu
 
 
 class Mlp(nn.Module):
@@ -21,4 +21,6 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
 
     def execute(self, x):
+        if isinstance(self.act, GELU):  # fc1's bias added inside the GELU kernel where it runs
+            return self.fc2(linear_gelu(self.fc1, x))
         return self.fc2(self.act(self.fc1(x)))

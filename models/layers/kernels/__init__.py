@@ -36,7 +36,8 @@ _OP_FILES = ("dnnl_bmm_op.h", "dnnl_bmm_op.cc", "cpu_softmax_op.h", "cpu_softmax
              "cpu_dwconv_nhwc.h",  # shared by the depthwise-conv ops
              "cpu_attention.h",    # shared by the two attention ops
              "cpu_soft_cross_entropy.h",  # shared by the two soft-target cross-entropy ops
-             "cpu_exp.h")          # e^z for z <= 0: GELU, the attention softmax, the cross-entropy
+             "cpu_exp.h",          # e^z for z <= 0: GELU, the attention softmax, the cross-entropy
+             "cpu_column_sums.h")  # bias gradients summed inside the GELU and attention backward ops
 _lock = threading.Lock()
 _ops = None
 _failed = False

@@ -22,12 +22,15 @@ namespace jittor {
 namespace attention_cpu {
 
 // Row i of q, k or v (part 0, 1, 2) of head h of image b in a (B, N, 3 * C) tensor, C = H * D.
+// bias: the projection's (3 * C) bias when it is not yet added (the ops add it as they copy q, k, v), or nullptr.
 struct Packed {
     int64_t N, C, D;
     const float* base;
+    const float* bias;
     const float* row(int64_t b, int64_t i, int part, int64_t h) const {
         return base + (b * N + i) * 3 * C + part * C + h * D;
     }
+    const float* bias_of(int part, int64_t h) const { return bias ? bias + part * C + h * D : nullptr; }
 };
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -102,10 +105,18 @@ static inline void transpose_padded(const float* __restrict__ m, int64_t N, int6
         for (int64_t d = 0; d < D; d++) t[d * ldt + j] = m[j * D + d];
 }
 
-// Rows [0, N) of one head, `cols` floats each, `ld` floats apart, copied into contiguous rows.
+// Rows [0, N) of one head, `cols` floats each, `ld` floats apart, copied into contiguous rows
+// (plus `add`, `cols` floats, to every row when given).
 static inline void copy_rows(const float* __restrict__ src, int64_t ld, int64_t N, int64_t cols,
-                             float* __restrict__ dst) {
-    for (int64_t i = 0; i < N; i++) std::memcpy(dst + i * cols, src + i * ld, cols * sizeof(float));
+                             float* __restrict__ dst, const float* __restrict__ add = nullptr) {
+    if (!add) {
+        for (int64_t i = 0; i < N; i++) std::memcpy(dst + i * cols, src + i * ld, cols * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < N; i++) {
+        #pragma omp simd
+        for (int64_t c = 0; c < cols; c++) dst[i * cols + c] = src[i * ld + c] + add[c];
+    }
 }
 
 // One (image, head) pair's operands and probabilities, in one thread's buffers. q, k, v are
@@ -121,9 +132,9 @@ struct Pair {
     // P = softmax(q k^T * scale) of image b, head h.
     void probabilities(const Packed& x, int64_t b, int64_t h, float scale) {
         const int64_t ld = 3 * x.C;
-        copy_rows(x.row(b, 0, 0, h), ld, N, D, q.data());
-        copy_rows(x.row(b, 0, 1, h), ld, N, D, k.data());
-        copy_rows(x.row(b, 0, 2, h), ld, N, D, v.data());
+        copy_rows(x.row(b, 0, 0, h), ld, N, D, q.data(), x.bias_of(0, h));
+        copy_rows(x.row(b, 0, 1, h), ld, N, D, k.data(), x.bias_of(1, h));
+        copy_rows(x.row(b, 0, 2, h), ld, N, D, v.data(), x.bias_of(2, h));
         transpose_padded(k.data(), N, D, kt.data(), ldp);
         gemm(N, ldp, D, Lhs{q.data(), D, 1}, kt.data(), ldp, p.data(), ldp);
         for (int64_t i = 0; i < N; i++) {

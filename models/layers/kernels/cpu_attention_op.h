@@ -13,14 +13,17 @@
 namespace jittor {
 
 struct CpuAttentionOp : Op {
-    Var* qkv, * y;
+    Var* qkv, * bias, * y;   // bias: nullptr, or qkv's (3 * H * D,) bias not yet added to it
     int heads;
     float64 scale;
     CpuAttentionOp(Var* qkv, int heads, float64 scale);
+    CpuAttentionOp(Var* qkv, Var* bias, int heads, float64 scale);
 
     const char* name() const override { return "cpu_attention"; }
     void infer_shape() override;
     VarPtr grad(Var* out, Var* dout, Var* v, int v_index) override;
+    // with a bias: both gradients from one backward op (grad() would be asked once per input)
+    void grads(Var** douts, VarPtr* dins) override;
     DECLARE_jit_run;
 };
 

@@ -1,5 +1,6 @@
 // See cpu_gelu_op.h for why these ops exist.
 #include <algorithm>
+#include <vector>
 
 #include "var.h"
 #include "ops/op_register.h"
@@ -10,7 +11,7 @@ namespace jittor {
 
 #ifndef JIT
 
-CpuGeluOp::CpuGeluOp(Var* x) : x(x) {
+CpuGeluOp::CpuGeluOp(Var* x) : x(x), bias(nullptr) {
     ASSERT(x->dtype() == ns_float32) << "cpu_gelu supports float32 only, got" << x->dtype();
     y = create_output(nullptr, x->dtype());
     flags.set(NodeFlags::_cpu, 1);
@@ -19,32 +20,60 @@ CpuGeluOp::CpuGeluOp(Var* x) : x(x) {
     x->flags.set(NodeFlags::_needed_by_backward);
 }
 
+CpuGeluOp::CpuGeluOp(Var* x, Var* bias) : CpuGeluOp(x) {
+    ASSERT(bias->dtype() == ns_float32) << "cpu_gelu bias must be float32, got" << bias->dtype();
+    this->bias = bias;
+    bias->flags.set(NodeFlags::_needed_by_backward);
+    flags.set(NodeFlags::_grads);
+}
+
 VarPtr CpuGeluOp::grad(Var* out, Var* dout, Var* v, int v_index) {
     static auto make_backward = get_op_info("cpu_gelu_backward")
         .get_constructor<VarPtr, Var*, Var*>();
     return make_backward(x, dout);
 }
 
-void CpuGeluOp::infer_shape() { y->set_shape(x->shape); }
+void CpuGeluOp::grads(Var** douts, VarPtr* dins) {
+    static auto make_backward = get_op_info("cpu_gelu_backward")
+        .get_constructor<std::vector<VarPtr>, Var*, Var*, Var*>();
+    if (!douts[0]) return;   // y does not reach the loss: no gradients
+    auto d = make_backward(x, bias, douts[0]);
+    dins[0] = move(d[0]);
+    dins[1] = move(d[1]);
+}
 
-void CpuGeluOp::jit_prepare(JK& jk) { jk << "«T:" << x->dtype(); }
+void CpuGeluOp::infer_shape() {
+    if (bias)
+        ASSERT(bias->shape.size() == 1 && x->shape.size() >= 1
+               && x->shape[x->shape.size() - 1] == bias->shape[0])
+            << "cpu_gelu: bias" << bias->shape << "does not match the last axis of" << x->shape;
+    y->set_shape(x->shape);
+}
+
+void CpuGeluOp::jit_prepare(JK& jk) {
+    jk << "«T:" << x->dtype();
+    jk << "«Bias:" << (bias ? '1' : '0');
+}
 
 #else // JIT
 #ifdef JIT_cpu
 
 void CpuGeluOp::jit_run() {
-    int64 n = x->num;
     const float* __restrict__ xp = x->ptr<float>();
     float* __restrict__ yp = y->ptr<float>();
-    int64 blocks = (n + gelu_math::kBlock - 1) / gelu_math::kBlock;
+    // tasks of `cols` elements: the rows (the bias's length) with a bias, else blocks of kBlock
+    const int64 n = x->num, cols = @Bias ? bias->num : gelu_math::kBlock;
+    const float* __restrict__ bp = @Bias ? bias->ptr<float>() : nullptr;
+    const int64 tasks = (n + cols - 1) / cols;
     #pragma omp parallel for schedule(static)
-    for (int64 b = 0; b < blocks; b++) {
-        int64 end = std::min(n, (b + 1) * gelu_math::kBlock);
+    for (int64 t = 0; t < tasks; t++) {
+        const int64 begin = t * cols, end = std::min(n, begin + cols);
         #pragma omp simd
-        for (int64 i = b * gelu_math::kBlock; i < end; i++) {
+        for (int64 i = begin; i < end; i++) {
+            const float h = @Bias ? xp[i] + bp[i - begin] : xp[i];
             float cdf, pdf;
-            gelu_math::phi_and_density(xp[i], cdf, pdf);
-            yp[i] = xp[i] * cdf;
+            gelu_math::phi_and_density(h, cdf, pdf);
+            yp[i] = h * cdf;
         }
     }
 }
