@@ -40,27 +40,19 @@ void CpuGeluBackwardOp::jit_run() {
     const float* __restrict__ xp = x->ptr<float>();
     const float* __restrict__ gp = dy->ptr<float>();
     float* __restrict__ dp = dx->ptr<float>();
-    // tasks of `cols` elements: the rows (the bias's length) with a bias, else blocks of kBlock
-    const int64 n = x->num, cols = @Bias ? bias->num : gelu_math::kBlock;
     const float* __restrict__ bp = @Bias ? bias->ptr<float>() : nullptr;
-    const int64 tasks = (n + cols - 1) / cols;
-    column_sums::PerThread sums(@Bias ? cols : 0);   // dbias: the column sums of dx
+    const gelu_math::Tasks tasks(x->num, @Bias ? bias->num : 0);
+    column_sums::PerThread sums(@Bias ? tasks.cols : 0);   // dbias: the column sums of dx
     #pragma omp parallel
     {
         float* __restrict__ acc = sums.mine();
         #pragma omp for schedule(static)
-        for (int64 t = 0; t < tasks; t++) {
-            const int64 begin = t * cols, end = std::min(n, begin + cols);
-            #pragma omp simd
-            for (int64 i = begin; i < end; i++) {
-                const float h = @Bias ? xp[i] + bp[i - begin] : xp[i];
-                float cdf, pdf;
-                gelu_math::phi_and_density(h, cdf, pdf);
+        for (int64 t = 0; t < tasks.count; t++)
+            gelu_math::for_each_element<bool(@Bias)>(tasks, t, xp, bp, [=](int64 i, int64 c, float h, float cdf, float pdf) {
                 const float d = gp[i] * (cdf + h * pdf);   // d/dh h Phi(h) = Phi(h) + h phi(h)
                 dp[i] = d;
-                if (@Bias) acc[i - begin] += d;
-            }
-        }
+                if (@Bias) acc[c] += d;
+            });
     }
     if (@Bias) sums.sum_into(dbias->ptr<float>());
 }

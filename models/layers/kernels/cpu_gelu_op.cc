@@ -61,21 +61,13 @@ void CpuGeluOp::jit_prepare(JK& jk) {
 void CpuGeluOp::jit_run() {
     const float* __restrict__ xp = x->ptr<float>();
     float* __restrict__ yp = y->ptr<float>();
-    // tasks of `cols` elements: the rows (the bias's length) with a bias, else blocks of kBlock
-    const int64 n = x->num, cols = @Bias ? bias->num : gelu_math::kBlock;
     const float* __restrict__ bp = @Bias ? bias->ptr<float>() : nullptr;
-    const int64 tasks = (n + cols - 1) / cols;
+    const gelu_math::Tasks tasks(x->num, @Bias ? bias->num : 0);
     #pragma omp parallel for schedule(static)
-    for (int64 t = 0; t < tasks; t++) {
-        const int64 begin = t * cols, end = std::min(n, begin + cols);
-        #pragma omp simd
-        for (int64 i = begin; i < end; i++) {
-            const float h = @Bias ? xp[i] + bp[i - begin] : xp[i];
-            float cdf, pdf;
-            gelu_math::phi_and_density(h, cdf, pdf);
+    for (int64 t = 0; t < tasks.count; t++)
+        gelu_math::for_each_element<bool(@Bias)>(tasks, t, xp, bp, [=](int64 i, int64, float h, float cdf, float) {
             yp[i] = h * cdf;
-        }
-    }
+        });
 }
 
 #endif
