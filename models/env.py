@@ -23,7 +23,7 @@ What it does, and why:
 * ``sys.executable`` is spelled one way (:func:`stable_executable`): Jittor writes the interpreter's
   path into every kernel's compile command and rebuilds a cached kernel whose stored command differs,
   so a ``python`` process and a ``python3`` process (the same binary) recompiled each other's
-  kernels: ~250 of them, minutes on 2 cores, after ``bash run/test.sh`` then ``python run/train.py``.
+  kernels: the demo's 141, 5 minutes on 2 cores, after ``bash run/test.sh`` then ``python run/train.py``.
 
 * ``log_silent=1``: Jittor prints a dozen ``[i ...]`` info lines (compiler, cache path, every
   tool found) at import and at every compile; they hide a command's own output. They stay on
