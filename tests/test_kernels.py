@@ -43,6 +43,9 @@ def _restore_switch():
 def _run(fn, inputs, fast):
     """fn(*vars) -> output; returns (output, grads of sum(output * w)) as numpy, for one switch state."""
     perf.set_fast_kernels(fast)
+    # a failed build falls back to the plain ops (with a warning): the fast arm would then compare
+    # the plain path with itself
+    assert not fast or kernels.cpu_ops() is not None, "the custom CPU ops did not build"
     vs = [jt.array(x) for x in inputs]
     out = fn(*vs)
     w = jt.array(np.random.RandomState(1).randn(*out.shape).astype(np.float32))
