@@ -106,18 +106,9 @@ def summarize_profile(report, steps: int) -> dict:
 
 # ============================================================================ worker side
 def _jittor_vit_step(spec, jt):
-    import models
-    import models.vit  # noqa: F401  (registers the ViTs)
-    from jhssl.optim import AdamW
+    from benchmarks.run import jittor_vit_step
     jt.set_global_seed(0)
-    model = models.create_model(spec["arch"], patch_size=spec["patch"], img_size=spec["img"])
-    opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)  # as benchmarks/run.py's ViT rows
-    x = jt.randn(spec["batch"], 3, spec["img"], spec["img"])
-
-    def step():
-        out = model.forward_features(x)
-        opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
-    return step, opt, "fp32"
+    return (*jittor_vit_step(spec), "fp32")
 
 
 def _jittor_demo_step(spec, jt):
@@ -195,20 +186,9 @@ def worker_jittor(spec):
 
 def worker_torch(spec):
     import torch
-    from benchmarks.run import _time_steps
-    from benchmarks.torch_models import ViT
+    from benchmarks.run import _time_steps, torch_vit_step
     torch.manual_seed(0)
-    model = ViT(spec["arch"], spec["patch"], spec["img"])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    x = torch.randn(spec["batch"], 3, spec["img"], spec["img"])
-
-    def step():
-        out = model.forward_features(x)
-        loss = out["cls"].pow(2).mean() + out["patch"].pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = torch_vit_step(spec)
     return {"step_s": _time_steps(step, spec["warmup"] + 1, spec["iters"], lambda: None)["median_s"]}
 
 

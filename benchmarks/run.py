@@ -188,50 +188,62 @@ class _TorchFlops(_FlopCountedStep):
         return fc.get_total_flops()
 
 
+def jittor_vit_step(spec):
+    """(step, optimizer) of a ViT row in Jittor: forward, the rows' loss, backward and AdamW on one random
+    batch; ``benchmarks/op_profile.py`` profiles the same steps."""
+    import jittor as jt
+    import models
+    import models.vit  # noqa: F401  (registers the ViTs)
+    from jhssl import amp
+    from jhssl.optim import AdamW
+    model = models.create_model(spec["arch"], patch_size=spec["patch"], img_size=spec["img"])
+    # jhssl's AdamW, which jhssl.train steps with (the fast rows: one fused update per parameter),
+    # against torch's default AdamW, which the official DINO / iBOT code steps with; weight decay
+    # 0.01 on both (torch's default)
+    opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    x = jt.randn(spec["batch"], 3, spec["img"], spec["img"])
+    # bf16 rows: jhssl's CPU mixed precision (bf16 GEMM operands, fp32 tensors; jhssl/amp.py)
+    dtype = "bfloat16" if spec.get("amp") else None
+
+    def step():
+        with amp.autocast(dtype, cpu=True):
+            out = model.forward_features(x)
+            opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
+    return step, opt
+
+
+def torch_vit_step(spec):
+    """The torch twin of :func:`jittor_vit_step`'s step (``benchmarks.torch_models.ViT``)."""
+    import torch
+    from benchmarks.torch_models import ViT
+    model = ViT(spec["arch"], spec["patch"], spec["img"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    x = torch.randn(spec["batch"], 3, spec["img"], spec["img"])
+    # bf16 rows: torch's CPU autocast (bf16 products and the activations they produce)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if spec.get("amp") else contextlib.nullcontext
+
+    def step():
+        with autocast():
+            out = model.forward_features(x)
+            loss = out["cls"].float().pow(2).mean() + out["patch"].float().pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def worker_vit(spec):
-    arch, ps, img, bs = spec["arch"], spec["patch"], spec["img"], spec["batch"]
+    bs = spec["batch"]
     if spec.get("amp"):
         from jhssl.amp import cpu_has_bf16
         if not cpu_has_bf16():  # jhssl's bf16 path would be fp32 here: no like-for-like comparison
             return {"unavailable": "this CPU has no AVX512_BF16/AMX"}
     if spec["framework"] == "jittor":
         jt = _jittor(spec["fast"])
-        import models
-        import models.vit  # noqa: F401  (registers the ViTs)
-        from jhssl import amp
-        from jhssl.optim import AdamW
-        model = models.create_model(arch, patch_size=ps, img_size=img)
-        # jhssl's AdamW, which jhssl.train steps with (the fast rows: one fused update per parameter),
-        # against torch's default AdamW, which the official DINO / iBOT code steps with; weight decay
-        # 0.01 on both (torch's default)
-        opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-        x = jt.randn(bs, 3, img, img)
-        # bf16 rows: jhssl's CPU mixed precision (bf16 GEMM operands, fp32 tensors; jhssl/amp.py)
-        dtype = "bfloat16" if spec.get("amp") else None
-
-        def step():
-            with amp.autocast(dtype, cpu=True):
-                out = model.forward_features(x)
-                opt.step(out["cls"].sqr().mean() + out["patch"].sqr().mean())
-
+        step, _ = jittor_vit_step(spec)
         r = _time_steps(step, spec["warmup"], spec["iters"], _jt_sync(jt))
     else:
-        import torch
-        from benchmarks.torch_models import ViT
-        model = ViT(arch, ps, img)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-        x = torch.randn(bs, 3, img, img)
-        # bf16 rows: torch's CPU autocast (bf16 products and the activations they produce)
-        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if spec.get("amp") else contextlib.nullcontext
-
-        def step():
-            with autocast():
-                out = model.forward_features(x)
-                loss = out["cls"].float().pow(2).mean() + out["patch"].float().pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = torch_vit_step(spec)
         counter = _TorchFlops(step)
         r = _time_steps(step, spec["warmup"], spec["iters"], lambda: None, first_step=counter)
         r["flops"] = counter.flops
