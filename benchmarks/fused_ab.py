@@ -3,6 +3,7 @@
     python benchmarks/fused_ab.py --path loss --targets hssl-quick,baseline-quick,demo --rounds 5
     python benchmarks/fused_ab.py --path attention --targets vit-t4,vit-s16,demo --rounds 5
     python benchmarks/fused_ab.py --path bias --targets vit-t4,vit-s16,demo --rounds 5
+    python benchmarks/fused_ab.py --path allocator --targets demo --rounds 8
 
 Paths (each switch is read while the step's graph is built, so one process builds both graphs):
 
@@ -15,6 +16,10 @@ Paths (each switch is read while the step's graph is built, so one process build
 * ``bias``: the bias of the linear layer before GELU (fc1) and before the fused attention (qkv) added
   inside those kernels, its gradient summed in their backward ops ("fused"), or a pass of its own
   each way ("separate"), through ``models.perf.fused_bias``. Targets: the ViT and demo steps.
+* ``allocator``: not a kernel: Jittor's allocator cache emptied after every step (``jt.gc()``, what
+  ``jhssl.train`` did on the CPU until 2026-11-30, "freed"; timed with the step) or kept for the next
+  step ("kept"). Also reports the minor page faults and system CPU seconds per step. Targets: the
+  ViT and demo steps.
 
 Each round times a few steps of each variant, alternating, in the same process
 (``benchmarks/op_profile.py``'s step builders), so host drift cancels in the per-round ratio.
@@ -24,6 +29,7 @@ import argparse
 import contextlib
 import datetime
 import os
+import resource
 import statistics
 import sys
 
@@ -74,6 +80,11 @@ def bias_variant(name):
         yield
 
 
+@contextlib.contextmanager
+def no_switch(name):
+    yield
+
+
 PATHS = {
     "loss": dict(variants=("plain", "fused"), switch=loss_variant,
                  targets=[n for n, t in TARGETS.items() if t["kind"] in ("ssl", "demo")],
@@ -84,6 +95,9 @@ PATHS = {
     "bias": dict(variants=("separate", "fused"), switch=bias_variant,
                  targets=[n for n, t in TARGETS.items() if t["kind"] in ("vit", "demo")],
                  title="The bias of fc1 and qkv: inside the GELU / attention kernels vs a pass of its own"),
+    "allocator": dict(variants=("freed", "kept"), switch=no_switch, free_cache_after="freed",
+                      targets=[n for n, t in TARGETS.items() if t["kind"] in ("vit", "demo")],
+                      title="Jittor's allocator cache: emptied after every step (jt.gc) vs kept"),
 }
 
 
@@ -97,18 +111,29 @@ def measure(path, name, rounds, iters):
     step = build_jittor_step(TARGETS[name], jt)[0]
     before, after = PATHS[path]["variants"]
     switch = PATHS[path]["switch"]
+    frees = PATHS[path].get("free_cache_after")
 
     def timed(variant, n):
+        def sync():
+            jt.sync_all(True)
+            if variant == frees:
+                jt.gc()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         with switch(variant):
-            return _time_steps(step, 0, n, lambda: jt.sync_all(True))["median_s"]
+            t = _time_steps(step, 0, n, sync)["median_s"]
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return t, (r1.ru_minflt - r0.ru_minflt) / n, (r1.ru_stime - r0.ru_stime) / n
 
     for v in (before, after):  # compile both graphs
         timed(v, 2)
     per_round = []
     for _ in range(rounds):
-        a, b = timed(before, iters), timed(after, iters)
-        per_round.append({f"{before}_s": a, f"{after}_s": b, "speedup": a / b})
-        print(f"{name}: {before} {a:.3f} s, {after} {b:.3f} s, {a / b:.3f}x", flush=True)
+        (a, fa, sa), (b, fb, sb) = timed(before, iters), timed(after, iters)
+        per_round.append({f"{before}_s": a, f"{after}_s": b, "speedup": a / b,
+                          f"{before}_minor_faults": fa, f"{after}_minor_faults": fb,
+                          f"{before}_sys_s": sa, f"{after}_sys_s": sb})
+        print(f"{name}: {before} {a:.3f} s, {after} {b:.3f} s, {a / b:.3f}x; minor faults / step {fa:.0f} vs "
+              f"{fb:.0f}, system s / step {sa:.3f} vs {sb:.3f}", flush=True)
     return per_round
 
 
@@ -142,12 +167,16 @@ def main(argv=None):
           f"{meta['loadavg_start']} -> {meta['loadavg_end']}.", "",
           f"Per round, {args.iters} steps of each variant, alternating in one process; speed-up = {before} / {after} "
           "step time, paired per round, mean ± std.", "",
-          f"| step | {before} s (mean) | {after} s (mean) | speed-up | per round |", "|---|---:|---:|---:|---|"]
+          f"| step | {before} s (mean) | {after} s (mean) | speed-up | per round | minor page faults / step "
+          f"({before}, {after}) | system CPU s / step ({before}, {after}) |", "|---|---:|---:|---:|---|---:|---:|"]
     for name, rows in results.items():
         sp = [r["speedup"] for r in rows]
+
+        def pair(key, digits):
+            return " / ".join(f"{statistics.mean(r[f'{v}_{key}'] for r in rows):.{digits}f}" for v in (before, after))
         md.append(f"| {TARGETS[name]['label']} | {statistics.mean(r[f'{before}_s'] for r in rows):.3f} | "
                   f"{statistics.mean(r[f'{after}_s'] for r in rows):.3f} | {format_mean_std(*mean_std(sp), digits=3)} | "
-                  f"{', '.join(f'{x:.3f}' for x in sp)} |")
+                  f"{', '.join(f'{x:.3f}' for x in sp)} | {pair('minor_faults', 0)} | {pair('sys_s', 3)} |")
     write_results(f"{args.out}-{args.path}-{machine['slug']}", {"meta": meta, "results": results}, "\n".join(md) + "\n")
 
 

@@ -27,6 +27,7 @@ from jhssl import checkpoint as ckpt_lib
 from jhssl import dist, monitors
 from jhssl.amp import Precision
 from jhssl.logging import JsonlLogger, plot_run
+from jhssl.memory import release_free_memory
 from jhssl.optim import AdamW, clip_gradients
 from jhssl.schedules import cosine_scheduler
 
@@ -315,9 +316,14 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     t_log, n_img_log = time.time(), 0
                 if cfg.save_every_iters and it % cfg.save_every_iters == 0 and it % niter != 0:
                     save(epoch)
-                if device == "cpu":  # on the GPU it would free Jittor's whole memory cache every step
-                    jt.gc()
+                # No jt.gc() here: Jittor's allocator keeps this step's blocks for the next, which needs
+                # the same sizes. Freeing them every step (this loop did on the CPU until 2026-11-30) made
+                # each step fault them in again and fragmented the heap: the demo's peak RSS was 1.50 GB
+                # with it, 1.15 GB without (benchmarks/results/allocator_cache-*.md)
                 phase("logging")
+            # the epoch's steps are done: their cached blocks go back to the OS before the epoch-end
+            # work (discrepancy, k-NN, checkpoint) and before data workers are forked again
+            release_free_memory()
             epoch_done = it // niter
             if it % niter == 0 and epoch_done > epoch:  # a complete epoch
                 if epoch_count and main:

@@ -556,5 +556,21 @@ def test_fused_ab_builds_each_variant_with_its_own_switch():
     assert perf.fused_bias_enabled()
     with pytest.raises(SystemExit, match="--path loss targets must be among .*hssl-quick.*got 'vit-t4'"):
         main(["--targets", "vit-t4"])
+    with pytest.raises(SystemExit, match="--path allocator targets must be among vit-t4, vit-s16, demo"):
+        main(["--path", "allocator", "--targets", "hssl-quick"])
     with pytest.raises(SystemExit, match="--path attention targets must be among vit-t4, vit-s16, demo"):
         main(["--path", "attention", "--targets", "hssl-quick"])
+
+
+def test_fused_ab_allocator_path_empties_the_cache_after_each_freed_step_only(monkeypatch):
+    import jittor as jt
+    from benchmarks import fused_ab
+    monkeypatch.setitem(fused_ab.TARGETS, "tiny", dict(kind="vit", arch="vit_tiny", patch=16, img=32, batch=2,
+                                                       label="tiny"))
+    calls = []
+    real_gc = jt.gc
+    monkeypatch.setattr(jt, "gc", lambda: (calls.append(1), real_gc()))
+    rows = fused_ab.measure("allocator", "tiny", rounds=2, iters=1)
+    assert len(calls) == 2 + 2 * 1  # the compile pass's 2 "freed" steps, then one per round; none when "kept"
+    assert len(rows) == 2 and all(r["freed_s"] > 0 and r["kept_s"] > 0 and r["kept_minor_faults"] >= 0
+                                  and r["freed_sys_s"] >= 0 for r in rows)

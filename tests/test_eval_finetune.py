@@ -160,3 +160,17 @@ def test_table_xxi_configs():
     c = got["ibot_vit_small_16"]
     assert (c.label_smoothing, c.mixup, c.cutmix, c.reprob, c.rand_augment) == (0.1, 0.8, 1.0, 0.25,
                                                                                 "rand-m9-mstd0.5-inc1")
+
+
+def test_finetune_steps_keep_the_allocator_cache(tmp_path, monkeypatch):
+    # as the pretraining loop (tests/test_train.py): no jt.gc() per step, which on a GPU would also
+    # hand Jittor's whole CUDA memory cache back every iteration
+    import sys
+    import jittor as jt
+    path, _ = tiny_checkpoint(tmp_path)
+    callers = []
+    real_gc = jt.gc
+    monkeypatch.setattr(jt, "gc", lambda: (callers.append(sys._getframe(1).f_code.co_filename), real_gc()))
+    assert run_tool("finetune").main(["--checkpoint", path, "--no-progress", "epochs=1", "batch_size=4",
+                                      "num_workers=0", f"output_dir={tmp_path / 'ft'}", "eval_batch_size=8"]) == 0
+    assert not [c for c in callers if c.endswith(os.path.join("eval", "finetune.py"))]

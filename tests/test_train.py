@@ -169,3 +169,20 @@ def test_baseline_and_hssl_runs_of_one_seed_start_from_the_same_base(method):
     assert baseline.keys() == with_head.keys()
     differ = [k for k in baseline if not np.array_equal(baseline[k], with_head[k])]
     assert not differ, f"{method}: base weights differ between the baseline and HSSL builds: {differ[:5]}"
+
+
+def test_training_steps_keep_the_allocator_cache(data_root, tmp_path, monkeypatch):
+    # jt.gc() after every step made each step fault its working set in again and grew the demo's peak
+    # RSS by 0.35 GB (benchmarks/results/allocator_cache-*.md): the loop leaves Jittor's cache alone
+    # until the epoch's steps are done, so a run of 3 iterations empties it no more often than a run
+    # of 1 (batch 2: one epoch of 4)
+    calls = []
+    real_gc = jt.gc
+    monkeypatch.setattr(jt, "gc", lambda: (calls.append(1), real_gc()))
+    counts = []
+    for n in (1, 3):
+        calls.clear()
+        train(tiny_config(str(tmp_path / f"gc{n}"), data_root, ["batch_size=2"]), resume=None, max_iters=n,
+              progress=False, evaluate=False, log=lambda *a: None)
+        counts.append(len(calls))
+    assert counts[0] == counts[1]

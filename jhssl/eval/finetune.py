@@ -230,7 +230,6 @@ def finetune(ecfg, pcfg, ckpt, checkpoint: str = "", max_iters=None, log=print, 
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr_sched[it - 1]:.1e}", refresh=False)
-                jt.gc()
             if it % niter or it // niter <= epoch:
                 break  # stopped inside the epoch (max_iters): keep the last epoch-end checkpoint
             done = epoch + 1
