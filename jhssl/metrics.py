@@ -373,10 +373,12 @@ def run_batches(net, images, fn, max_images: Optional[int] = None) -> int:
                 fn(x)
             seen += int(x.shape[0])
             jt.sync_all()
-            jt.gc()
     finally:
         if was_training:
             net.train()
+        # once, not per batch: the batches reuse each other's blocks, and on a GPU jt.gc() hands the
+        # whole CUDA memory cache back (as the training loops, jhssl/train.py)
+        jt.gc()
     return seen
 
 

@@ -148,3 +148,17 @@ def test_bar_chart_png(tmp_path):
     assert _COLORS[1] in {c for _, c in img.getcolors(1 << 20)}
     with pytest.raises(ValueError):
         M.plot_bars_png(p, ["a"], [])
+
+
+def test_run_batches_counts_images_restores_mode_and_empties_the_cache_once(monkeypatch):
+    import jittor as jt
+    from jittor import nn
+    net = nn.Linear(4, 2)
+    net.train()
+    calls, widths = [], []
+    real_gc = jt.gc
+    monkeypatch.setattr(jt, "gc", lambda: (calls.append(1), real_gc()))
+    batches = [(np.ones((3, 4), np.float32), np.zeros(3)) for _ in range(4)]
+    seen = M.run_batches(net, batches, lambda x: widths.append((net.is_training(), int(x.shape[0]))), max_images=10)
+    assert seen == 10 and widths == [(False, 3), (False, 3), (False, 3), (False, 1)]  # eval mode, cut at 10
+    assert net.is_training() and len(calls) == 1  # once per call, not per batch (a GPU's whole cache each time)
