@@ -11,7 +11,7 @@ and the memory. The teacher's and the student's forward are split by wrapping th
 ``execute``; what remains of ``compute_loss`` is the loss. Phases of one iteration:
 
     data (waiting for the loader) | forward_prep | teacher_forward | student_forward | loss |
-    backward | clip | optimizer | ema | logging (trainer's sync, loss read-back, log line, jt.gc)
+    backward | clip | optimizer | ema | logging (trainer's sync, loss read-back, log line)
 
 Syncing at every boundary stops Jittor from fusing ops across phases, so the phases add up to a
 little more than an unprofiled iteration: after the profiled iterations, ``--plain-iters`` more run

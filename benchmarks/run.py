@@ -89,9 +89,10 @@ def _jittor(fast):
 
 
 def _jt_sync(jt):
+    # the end of a step as jhssl.train ends it: Jittor's allocator cache is kept for the next step
+    # (until 2026-11-30 both emptied it with jt.gc(): benchmarks/results/allocator_cache-*.md)
     def sync():
         jt.sync_all()
-        jt.gc()
     return sync
 
 
