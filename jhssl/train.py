@@ -318,7 +318,7 @@ def train(cfg, resume="auto", max_iters=None, log=print, progress=True, method=N
                     save(epoch)
                 # No jt.gc() here: Jittor's allocator keeps this step's blocks for the next, which needs
                 # the same sizes. Freeing them every step (this loop did on the CPU until 2026-11-30) made
-                # each step fault them in again and fragmented the heap: the demo's peak RSS was 1.50 GB
+                # each step fault them in again, and the process grew: the demo's peak RSS was 1.50 GB
                 # with it, 1.15 GB without (benchmarks/results/allocator_cache-*.md)
                 phase("logging")
             # the epoch's steps are done: their cached blocks go back to the OS before the epoch-end
